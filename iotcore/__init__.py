@@ -1,0 +1,1 @@
+"""iotcore: multi-tenant IoT telemetry backend."""

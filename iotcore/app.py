@@ -1,0 +1,60 @@
+"""The aiohttp application factory: platform, middleware, and every domain's endpoints."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+
+from iotcore.auth import routes as auth_routes
+from iotcore.config import Settings
+from iotcore.devices import routes as devices_routes
+from iotcore.platform import health
+from iotcore.platform.context import PLATFORM_KEY, Platform
+from iotcore.platform.http import (
+    SETTINGS_KEY,
+    Endpoint,
+    add_endpoints,
+    add_request_id_header,
+    observe_middleware,
+)
+from iotcore.telemetry import routes as telemetry_routes
+
+
+def package_version() -> str:
+    try:
+        return version("iotcore")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings, platform: Platform | None = None) -> web.Application:
+    """Build the API. A `platform` passed in is shared with other roles of the process and is
+    then started and closed by its owner, not by the app."""
+    app = web.Application(
+        middlewares=[observe_middleware], client_max_size=settings.http_max_body_bytes
+    )
+    owns_platform = platform is None
+    platform = platform or Platform.from_settings(settings)
+    app[SETTINGS_KEY] = settings
+    app[PLATFORM_KEY] = platform
+    app.on_response_prepare.append(add_request_id_header)
+
+    if owns_platform:
+
+        async def start_platform(app: web.Application) -> None:
+            await app[PLATFORM_KEY].start()
+
+        async def close_platform(app: web.Application) -> None:
+            await app[PLATFORM_KEY].close()
+
+        app.on_startup.append(start_platform)
+        app.on_cleanup.append(close_platform)
+
+    endpoints: list[Endpoint] = [*health.ENDPOINTS]
+    for domain in (auth_routes, devices_routes, telemetry_routes):
+        domain.setup(app)
+        endpoints.extend(domain.ENDPOINTS)
+    add_endpoints(app, endpoints)
+    health.install_openapi(app, endpoints, package_version())
+    return app

@@ -1,0 +1,165 @@
+"""The `iotcore` command: one package, several roles."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from iotcore.config import Settings, get_settings
+from iotcore.platform.context import Platform
+from iotcore.platform.logging import configure_logging
+from iotcore.platform.migrations import Migrator, check_directory
+
+log = logging.getLogger("iotcore.cli")
+
+
+class RoleUnavailable(Exception):
+    """A role this build does not provide yet; the CLI says so instead of doing nothing."""
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def wait_for_shutdown() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def start_api(settings: Settings, platform: Platform | None = None) -> web.AppRunner:
+    from iotcore.app import create_app
+
+    runner = web.AppRunner(create_app(settings, platform), access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
+    await site.start()
+    log.info("api listening", extra={"host": settings.http_host, "port": settings.http_port})
+    print(f"iotcore api listening on http://{settings.http_host}:{settings.http_port}", flush=True)
+    return runner
+
+
+async def run_api(settings: Settings, args: argparse.Namespace) -> None:
+    runner = await start_api(settings)
+    try:
+        await wait_for_shutdown()
+    finally:
+        await runner.cleanup()
+
+
+async def run_unavailable(settings: Settings, args: argparse.Namespace) -> None:
+    raise RoleUnavailable(f"the '{args.role}' role is not available in this build yet")
+
+
+async def run_all(settings: Settings, args: argparse.Namespace) -> None:
+    """Single node: the API plus every role this build provides, sharing one platform."""
+    platform = Platform.from_settings(settings)
+    await platform.start()
+    runner = await start_api(settings, platform)
+    try:
+        await wait_for_shutdown()
+    finally:
+        await runner.cleanup()
+        await platform.close()
+
+
+def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "check":
+        problems = check_directory(args.dir or settings.migrations_dir)
+        for problem in problems:
+            print(f"migration check: {problem}", file=sys.stderr)
+        if not problems:
+            print("migrations: numbering and rollbacks are in order")
+        return 1 if problems else 0
+    migrator = Migrator(settings.database_owner_url, args.dir or settings.migrations_dir)
+    if args.action == "up":
+        applied = migrator.up()
+        print(
+            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
+        )
+    elif args.action == "down":
+        rolled = migrator.down(args.steps)
+        print(
+            f"rolled back {len(rolled)} migration(s)" + (": " + ", ".join(rolled) if rolled else "")
+        )
+    else:
+        for item in migrator.status():
+            print(f"{'applied' if item.applied else 'pending'}  {item.migration_id}")
+    return 0
+
+
+AsyncRole = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]
+
+ASYNC_ROLES: dict[str, AsyncRole] = {
+    "api": run_api,
+    "ingest": run_unavailable,
+    "broker": run_unavailable,
+    "maintain": run_unavailable,
+    "run": run_all,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iotcore", description=__doc__)
+    roles = parser.add_subparsers(dest="role", required=True)
+    roles.add_parser("api", help="serve /api/v1, /metrics and health")
+    roles.add_parser("ingest", help="consume telemetry from MQTT and store it")
+    roles.add_parser("broker", help="embedded MQTT broker (single node, development)")
+    maintain = roles.add_parser("maintain", help="partitions, retention, pruning")
+    maintain.add_argument("--once", action="store_true", help="run every job once and exit")
+    roles.add_parser("run", help="all roles in one process (single node)")
+    migrate = roles.add_parser("migrate", help="database migrations")
+    migrate.add_argument("--dir", type=_path, default=None, help="migrations directory")
+    actions = migrate.add_subparsers(dest="action", required=True)
+    actions.add_parser("up", help="apply every pending migration")
+    down = actions.add_parser("down", help="roll back the last N migrations")
+    down.add_argument("steps", type=int)
+    actions.add_parser("status", help="list migrations, applied or pending")
+    actions.add_parser("check", help="fail on misnumbered migrations or missing rollbacks")
+    return parser
+
+
+def _path(value: str) -> object:
+    from pathlib import Path
+
+    return Path(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            print(f"iotcore: configuration error: {err['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if args.role == "migrate":
+        return run_migrate(settings, args)
+    _install_uvloop()
+    try:
+        asyncio.run(ASYNC_ROLES[args.role](settings, args))
+    except RoleUnavailable as exc:
+        print(f"iotcore: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

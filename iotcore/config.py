@@ -1,0 +1,166 @@
+"""Settings: every IOT_* environment variable, read once into one validated object."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development defaults. Production refuses to start with any of these (see _refuse_weak_secrets).
+DEV_JWT_KEYS = "dev:dev-only-jwt-key-change-me-0123456789abcdef"
+DEV_MANUFACTURING_KEYS = "mk1:dev-only-manufacturing-key-change-me-012345"
+DEV_MQTT_HOOK_TOKEN = "dev-only-mqtt-hook-token-change-me-0123456789"
+MIN_SECRET_LENGTH = 32
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _resource_dir(name: str) -> Path:
+    """`sql/` and `migrations/` live at the repo root; an image sets IOT_SQL_DIR and
+    IOT_MIGRATIONS_DIR to where it copied them."""
+    return _REPO_ROOT / name
+
+
+def parse_key_ring(raw: str, variable: str) -> dict[str, str]:
+    """Parse "id:secret,id2:secret2" into {id: secret}; the secret may itself contain ':'."""
+    ring: dict[str, str] = {}
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        key_id, sep, secret = entry.partition(":")
+        if not sep or not key_id or not secret:
+            raise ValueError(f"{variable}: entries must look like 'id:secret'")
+        if key_id in ring:
+            raise ValueError(f"{variable}: key id {key_id!r} appears twice")
+        ring[key_id] = secret
+    if not ring:
+        raise ValueError(f"{variable}: at least one key is required")
+    return ring
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IOT_", env_file=None, extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+
+    # Storage
+    database_url: str = "postgresql://iotcore_service@127.0.0.1:5432/iotcore"
+    database_owner_url: str = "postgresql://iotcore_owner@127.0.0.1:5432/iotcore"
+    database_read_url: str | None = None
+    database_pool_min: int = Field(default=2, ge=1)
+    database_pool_max: int = Field(default=10, ge=1)
+    database_timeout_s: float = Field(default=5.0, gt=0)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "iot:"
+    redis_timeout_s: float = Field(default=1.0, gt=0)
+    migrations_dir: Path = Field(default_factory=lambda: _resource_dir("migrations"))
+    sql_dir: Path = Field(default_factory=lambda: _resource_dir("sql"))
+
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    trusted_proxies: int = Field(default=0, ge=0, description="X-Forwarded-For hops to trust")
+
+    # MQTT: the broker ingest consumes from, and the embedded broker
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    ingest_mqtt_username: str = "iotcore-ingest"
+    ingest_mqtt_password: SecretStr = SecretStr("dev-only-ingest-password-change-me-0123456")
+    mqtt_share_group: str = "iotcore"
+    mqtt_shared_subscription: bool = True
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=1883, ge=0, le=65535)
+    mqtt_hook_token: SecretStr = SecretStr(DEV_MQTT_HOOK_TOKEN)
+
+    # Identity
+    jwt_keys: SecretStr = SecretStr(DEV_JWT_KEYS)
+    jwt_signing_kid: str = "dev"
+    jwt_issuer: str = "iotcore"
+    jwt_audience: str = "iotcore-api"
+    access_token_ttl_s: int = Field(default=900, ge=30)
+    refresh_token_ttl_s: int = Field(default=30 * 86400, ge=60)
+
+    # Devices
+    manufacturing_keys: SecretStr = SecretStr(DEV_MANUFACTURING_KEYS)
+    manufacturing_signing_key_id: str = "mk1"
+    signature_skew_s: int = Field(default=300, ge=1)
+    secret_rotation_grace_s: int = Field(default=86400, ge=0)
+    device_cache_ttl_s: float = Field(default=5.0, ge=0)
+
+    # Telemetry
+    telemetry_retention_days: int = Field(default=365, ge=1)
+    telemetry_compress_after_days: int = Field(default=7, ge=1)
+    telemetry_max_points: int = Field(default=1000, ge=1)
+    telemetry_max_metrics_per_point: int = Field(default=100, ge=1)
+    telemetry_max_past_s: int = Field(default=30 * 86400, ge=0)
+    telemetry_max_future_s: int = Field(default=300, ge=0)
+    telemetry_max_range_days: int = Field(default=400, ge=1)
+    rate_limit_fail_open: bool = True
+
+    @field_validator("database_read_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_key_rings(self) -> Settings:
+        jwt = parse_key_ring(self.jwt_keys.get_secret_value(), "IOT_JWT_KEYS")
+        if self.jwt_signing_kid not in jwt:
+            raise ValueError("IOT_JWT_SIGNING_KID: not a key id of IOT_JWT_KEYS")
+        factory = parse_key_ring(
+            self.manufacturing_keys.get_secret_value(), "IOT_MANUFACTURING_KEYS"
+        )
+        if self.manufacturing_signing_key_id not in factory:
+            raise ValueError(
+                "IOT_MANUFACTURING_SIGNING_KEY_ID: not a key id of IOT_MANUFACTURING_KEYS"
+            )
+        if self.env == "production":
+            self._refuse_weak_secrets(jwt, factory)
+        return self
+
+    def _refuse_weak_secrets(self, jwt: dict[str, str], factory: dict[str, str]) -> None:
+        rings = {
+            "IOT_JWT_KEYS": (jwt, DEV_JWT_KEYS),
+            "IOT_MANUFACTURING_KEYS": (factory, DEV_MANUFACTURING_KEYS),
+        }
+        for variable, (ring, default) in rings.items():
+            defaults = set(parse_key_ring(default, variable).values())
+            for key_id, secret in ring.items():
+                if secret in defaults or len(secret) < MIN_SECRET_LENGTH:
+                    raise ValueError(
+                        f"{variable}: key {key_id!r} is a default or shorter than "
+                        f"{MIN_SECRET_LENGTH} characters; refusing to start in production"
+                    )
+        singles = {
+            "IOT_MQTT_HOOK_TOKEN": (self.mqtt_hook_token, DEV_MQTT_HOOK_TOKEN),
+            "IOT_INGEST_MQTT_PASSWORD": (
+                self.ingest_mqtt_password,
+                "dev-only-ingest-password-change-me-0123456",
+            ),
+        }
+        for variable, (value, default) in singles.items():
+            secret = value.get_secret_value()
+            if secret == default or len(secret) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"{variable}: a default or shorter than {MIN_SECRET_LENGTH} characters; "
+                    "refusing to start in production"
+                )
+
+    @property
+    def jwt_key_ring(self) -> dict[str, str]:
+        return parse_key_ring(self.jwt_keys.get_secret_value(), "IOT_JWT_KEYS")
+
+    @property
+    def manufacturing_key_ring(self) -> dict[str, str]:
+        return parse_key_ring(self.manufacturing_keys.get_secret_value(), "IOT_MANUFACTURING_KEYS")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

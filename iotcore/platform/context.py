@@ -1,0 +1,37 @@
+"""The shared infrastructure one process holds: settings, database pools and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from iotcore.config import Settings
+from iotcore.platform.db import Database
+from iotcore.platform.redis import Redis
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    redis: Redis
+    # Extra readiness checks registered by roles running in this process (e.g. ingest).
+    readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Platform:
+        return cls(settings=settings, db=Database(settings), redis=Redis(settings))
+
+    async def start(self) -> None:
+        await self.db.connect()
+
+    async def close(self) -> None:
+        await self.db.close()
+        await self.redis.close()
+
+
+PLATFORM_KEY = web.AppKey("platform", Platform)

@@ -1,0 +1,96 @@
+"""asyncpg pools for the service role, and transactions scoped to one tenant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from iotcore.config import Settings
+
+# asyncpg ships no type information; the alias names what is meant.
+Connection: TypeAlias = Any
+Pool: TypeAlias = Any
+
+
+async def _init_connection(conn: Any) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+    await conn.set_type_codec(
+        "json",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+class Database:
+    """The service's pools: `primary` for writes, `read` for dashboard reads (replica if set)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._primary: Pool | None = None
+        self._read: Pool | None = None
+
+    async def connect(self) -> None:
+        self._primary = await self._create_pool(self._settings.database_url)
+        if self._settings.database_read_url:
+            self._read = await self._create_pool(self._settings.database_read_url)
+
+    async def _create_pool(self, dsn: str) -> Pool:
+        # Pools start lazily (min_size=0 until the first use) so the API can come up, and report
+        # itself not ready, while Postgres is still down.
+        return await asyncpg.create_pool(
+            dsn,
+            min_size=0,
+            max_size=self._settings.database_pool_max,
+            timeout=self._settings.database_timeout_s,
+            command_timeout=self._settings.database_timeout_s * 6,
+            init=_init_connection,
+            max_inactive_connection_lifetime=60,
+        )
+
+    async def close(self) -> None:
+        for pool in (self._primary, self._read):
+            if pool is not None:
+                await pool.close()
+
+    @property
+    def primary(self) -> Pool:
+        if self._primary is None:
+            raise RuntimeError("Database.connect() was not awaited")
+        return self._primary
+
+    @property
+    def read_pool(self) -> Pool:
+        return self._read or self.primary
+
+    @asynccontextmanager
+    async def transaction(self, *, read: bool = False) -> AsyncIterator[Connection]:
+        """A transaction with no tenant set: only SECURITY DEFINER look-ups see anything."""
+        pool = self.read_pool if read else self.primary
+        async with pool.acquire() as conn, conn.transaction(readonly=read):
+            yield conn
+
+    @asynccontextmanager
+    async def tenant_transaction(
+        self, tenant_id: UUID | str, *, read: bool = False
+    ) -> AsyncIterator[Connection]:
+        """A transaction in which row-level security and the telemetry views see one tenant."""
+        pool = self.read_pool if read else self.primary
+        async with pool.acquire() as conn, conn.transaction(readonly=read):
+            await set_tenant(conn, tenant_id)
+            yield conn
+
+
+async def set_tenant(conn: Connection, tenant_id: UUID | str) -> None:
+    """Scope the current transaction to a tenant (like SET LOCAL: ends with the transaction)."""
+    await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))

@@ -1,0 +1,39 @@
+"""Prometheus metrics. Labels are low-cardinality only: never a device, user or tenant id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "iotcore_http_requests_total", "HTTP requests handled", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "iotcore_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+READY = Gauge("iotcore_ready", "1 when every readiness check passes")
+INGEST_MESSAGES = Counter(
+    "iotcore_ingest_messages_total",
+    "Telemetry rows by transport and outcome",
+    ["transport", "outcome"],
+)
+INGEST_REJECTS = Counter("iotcore_ingest_rejects_total", "Rejected telemetry by reason", ["reason"])
+WRITER_BATCH_ROWS = Histogram(
+    "iotcore_writer_batch_rows",
+    "Rows per committed batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000),
+)
+WRITER_COMMIT_SECONDS = Histogram(
+    "iotcore_writer_commit_seconds",
+    "Time to insert and commit one batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+WRITER_QUEUE_DEPTH = Gauge("iotcore_writer_queue_depth", "Points waiting for the batch writer")
+INGEST_LAG = Histogram(
+    "iotcore_ingest_lag_seconds",
+    "From receipt by iotcore to commit",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RATE_LIMITED = Counter("iotcore_rate_limited_total", "Requests refused by a rate limit", ["scope"])

@@ -1,0 +1,197 @@
+"""The OpenAPI 3.1 document, built from the same Endpoint declarations that route and validate."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from iotcore.platform.http import Endpoint
+
+_PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+_REF = "#/components/schemas/{model}"
+
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "device_basic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "device_id as user name, the device secret as password",
+    },
+    "factory_signature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Signature",
+        "description": "HMAC-SHA256 with the manufacturing key; with X-Key-Id and X-Timestamp",
+    },
+    "device_signature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Signature",
+        "description": "HMAC-SHA256 with the device key; with X-Device-Id and X-Timestamp",
+    },
+    "hook_token": {"type": "http", "scheme": "bearer", "description": "IOT_MQTT_HOOK_TOKEN"},
+    "stream_ticket": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "ticket",
+        "description": "short-lived single-purpose ticket for EventSource clients",
+    },
+}
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON",
+    401: "Missing or bad credentials",
+    403: "Not allowed",
+    404: "No such resource for this caller",
+    405: "Method not allowed",
+    409: "State conflict",
+    413: "Body over the limit",
+    415: "Wrong content type",
+    422: "Validation error",
+    429: "Rate limited",
+    503: "Unavailable or overloaded",
+}
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]]
+    request_id: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+def _schemas(endpoints: list[Endpoint]) -> dict[str, Any]:
+    pairs: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        (ErrorEnvelope, "serialization")
+    ]
+    for endpoint in endpoints:
+        if endpoint.body is not None:
+            pairs.append((endpoint.body, "validation"))
+        pairs.extend((m, "serialization") for m in endpoint.responses.values() if m is not None)
+    unique = list(dict.fromkeys(pairs))
+    refs, definitions = models_json_schema(unique, ref_template=_REF)
+    schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
+    schemas["__refs__"] = {
+        f"{m.__module__}.{m.__qualname__}:{mode}": r for (m, mode), r in refs.items()
+    }
+    return schemas
+
+
+def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = []
+    for name in _PATH_PARAM.findall(endpoint.path):
+        schema: dict[str, Any] = {"type": "string"}
+        if name.endswith("_id"):
+            schema["format"] = "uuid"
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    if endpoint.query is not None:
+        query_schema = endpoint.query.model_json_schema(ref_template=_REF)
+        required = set(query_schema.get("required", []))
+        for name, prop in query_schema.get("properties", {}).items():
+            param: dict[str, Any] = {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": prop,
+            }
+            if prop.get("type") == "array":
+                param.update(style="form", explode=True)
+            params.append(param)
+    for header in endpoint.header_params:
+        params.append(
+            {"name": header, "in": "header", "required": True, "schema": {"type": "string"}}
+        )
+    return params
+
+
+def _ref(refs: dict[str, Any], model: type[BaseModel], mode: str) -> dict[str, Any]:
+    return dict(refs[f"{model.__module__}.{model.__qualname__}:{mode}"])
+
+
+def _operation(endpoint: Endpoint, refs: dict[str, Any]) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": f"{endpoint.tag}_{endpoint.handler.__name__}",
+        "summary": endpoint.summary,
+        "tags": [endpoint.tag],
+        "responses": {},
+    }
+    params = _parameters(endpoint)
+    if params:
+        operation["parameters"] = params
+    if endpoint.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(refs, endpoint.body, "validation")}},
+        }
+    for status, model in endpoint.responses.items():
+        response: dict[str, Any] = {"description": "Success"}
+        if model is not None:
+            response["content"] = {
+                endpoint.response_content_type: {"schema": _ref(refs, model, "serialization")}
+            }
+        elif endpoint.response_content_type != "application/json":
+            response["content"] = {endpoint.response_content_type: {"schema": {"type": "string"}}}
+        operation["responses"][str(status)] = response
+    envelope = {"application/json": {"schema": _ref(refs, ErrorEnvelope, "serialization")}}
+    statuses = set(endpoint.errors) | {400, 404, 405, 413, 415, 422}
+    if endpoint.security:
+        statuses |= {401}
+    for status in sorted(statuses):
+        if str(status) not in operation["responses"]:
+            operation["responses"][str(status)] = {
+                "description": _ERROR_DESCRIPTIONS.get(status, "Error"),
+                "content": envelope,
+            }
+    operation["responses"]["default"] = {"description": "Error", "content": envelope}
+    if endpoint.security:
+        operation["security"] = [{name: []} for name in endpoint.security]
+    return operation
+
+
+def build_openapi(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
+    documented = [e for e in endpoints if e.in_schema]
+    schemas = _schemas(documented)
+    refs = schemas.pop("__refs__")
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in documented:
+        path = _PATH_PARAM.sub(r"{\1}", endpoint.path)
+        paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "iotcore API",
+            "version": version,
+            "description": "Multi-tenant IoT telemetry backend: the v1 contract.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
+    }
+
+
+def render_docs_page(document: dict[str, Any]) -> str:
+    """A plain HTML index of the API, readable without JavaScript or a CDN."""
+    rows = []
+    for path, operations in document["paths"].items():
+        for method, op in operations.items():
+            statuses = ", ".join(s for s in op["responses"] if s != "default")
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(op['summary'])}</td><td>{html.escape(statuses)}</td></tr>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>iotcore API</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;text-align:left}"
+        "tr:nth-child(even){background:#f3f3f3}</style></head><body>"
+        f"<h1>iotcore API v{html.escape(document['info']['version'])}</h1>"
+        "<p>Machine-readable: <a href='/api/v1/openapi.json'>/api/v1/openapi.json</a> "
+        "(OpenAPI 3.1).</p><table><tr><th>method</th><th>path</th><th>what</th>"
+        f"<th>statuses</th></tr>{''.join(rows)}</table></body></html>"
+    )

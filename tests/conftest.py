@@ -1,0 +1,205 @@
+"""Test harness: real PostgreSQL, Redis and MQTT.
+
+- A migrated template database is built once per run; each test module gets a fresh copy.
+- Redis is shared, each module under its own key prefix (deleted afterwards).
+- Mosquitto is started on a free port for the run (it supports $share subscriptions).
+Services come from ops/services.sh (the test command runs it first). URLs can be overridden
+with IOT_TEST_OWNER_URL, IOT_TEST_SERVICE_URL and IOT_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from iotcore.app import create_app
+from iotcore.config import Settings
+from iotcore.platform.context import Platform
+from iotcore.platform.migrations import Migrator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_ID = uuid.uuid4().hex[:8]
+OWNER_URL = os.environ.get(
+    "IOT_TEST_OWNER_URL", "postgresql://iotcore_owner:iotcore-dev@127.0.0.1:5432/postgres"
+)
+SERVICE_URL = os.environ.get(
+    "IOT_TEST_SERVICE_URL", "postgresql://iotcore_service:iotcore-dev@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("IOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_database_numbers = itertools.count(1)
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(OWNER_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """A database migrated to head once; every module's database is copied from it."""
+    name = f"iotcore_tpl_{RUN_ID}"
+    asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    try:
+        Migrator(with_database(OWNER_URL, name), REPO_ROOT / "migrations").up()
+        yield name
+    finally:
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="module")
+def database(template_database: str) -> Iterator[str]:
+    name = f"iotcore_t_{RUN_ID}_{next(_database_numbers)}"
+    asyncio.run(_admin(f"CREATE DATABASE {name} TEMPLATE {template_database}"))
+    try:
+        yield name
+    finally:
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> Iterator[str]:
+    """A Mosquitto of our own for the run, on a free port: `mqtt://127.0.0.1:PORT`."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            # The no-loss tests queue tens of thousands of QoS 1 messages for a stopped consumer.
+            "max_queued_messages 200000\n"
+            "max_inflight_messages 0\n"
+            "log_type error\n"
+        )
+        proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        else:
+            proc.kill()
+            raise RuntimeError("mosquitto did not start")
+        try:
+            yield f"mqtt://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+def make_settings(database: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": "test",
+        "database_url": with_database(SERVICE_URL, database),
+        "database_owner_url": with_database(OWNER_URL, database),
+        "redis_url": REDIS_URL,
+        "redis_prefix": f"iottest:{RUN_ID}:{database}:",
+        "migrations_dir": REPO_ROOT / "migrations",
+        "sql_dir": REPO_ROOT / "sql",
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "broker_port": free_port(),
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def settings(database: str, mqtt_broker: str) -> Settings:
+    return make_settings(database, mqtt_url=mqtt_broker)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def platform(settings: Settings) -> AsyncIterator[Platform]:
+    platform = Platform.from_settings(settings)
+    await platform.start()
+    try:
+        yield platform
+    finally:
+        keys = [k async for k in platform.redis.client.scan_iter(match=settings.redis_prefix + "*")]
+        if keys:
+            await platform.redis.client.delete(*keys)
+        await platform.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def client(settings: Settings, platform: Platform) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    """The whole API in-process, over a real HTTP connection."""
+    app = create_app(settings, platform)
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+@pytest_asyncio.fixture(scope="module")
+async def owner_conn(database: str) -> AsyncIterator[asyncpg.Connection]:  # type: ignore[type-arg]
+    """A connection as the owner role, for arranging state the API cannot (and for checks)."""
+    conn = await asyncpg.connect(with_database(OWNER_URL, database))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def service_conn(database: str) -> AsyncIterator[asyncpg.Connection]:  # type: ignore[type-arg]
+    """A connection as the service role, exactly as the running service connects."""
+    conn = await asyncpg.connect(with_database(SERVICE_URL, database))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child `iotcore` process use these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"IOT_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def start_iotcore(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "iotcore.cli", *args],
+        env=settings_env(settings),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
