@@ -1,13 +1,14 @@
-"""HTTP handlers of the telemetry domain: parse, call the service, shape the response."""
+"""HTTP handlers of the telemetry domain: the webhook (ingestion) plus the read API."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from iotcore.platform.http import Endpoint
+from iotcore.telemetry import read_routes
 
-ENDPOINTS: list[Endpoint] = []
+ENDPOINTS: list[Endpoint] = [*read_routes.ENDPOINTS]
 
 
 def setup(app: web.Application) -> None:
-    """Create this domain's services on the app; nothing to create yet."""
+    read_routes.setup(app)

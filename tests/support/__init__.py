@@ -1,0 +1,1 @@
+"""Helpers that build state through the public API, shared by the test folders."""
