@@ -27,6 +27,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -202,7 +203,7 @@ async def observe_middleware(
     """Request id, the error envelope for every failure, request metrics and the access log."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID_KEY] = request_id
     token = request_id_var.set(request_id)
     started = perf_counter()
     status = 500
@@ -242,6 +243,6 @@ async def observe_middleware(
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: also reaches streamed responses, whose headers leave early."""
-    request_id = request.get("request_id")
+    request_id = request.get(REQUEST_ID_KEY)
     if request_id:
         response.headers["X-Request-ID"] = request_id

@@ -1,0 +1,1 @@
+"""Foundation: settings, errors, health, migrations, OpenAPI."""
