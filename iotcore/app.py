@@ -39,6 +39,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> web.Appl
     app[SETTINGS_KEY] = settings
     app[PLATFORM_KEY] = platform
     app.on_response_prepare.append(add_request_id_header)
+    health.install(app, platform)
 
     if owns_platform:
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import prometheus_client
 from aiohttp import web
 from pydantic import BaseModel
 
-from iotcore.platform.context import PLATFORM_KEY, Platform
+from iotcore.platform.context import Platform
 from iotcore.platform.http import Endpoint, json_response
 from iotcore.platform.metrics import READY
 from iotcore.platform.openapi import build_openapi, render_docs_page
@@ -37,17 +40,26 @@ def expected_migrations(directory: Path) -> set[str]:
     }
 
 
-async def _check_postgres(platform: Platform) -> None:
-    async with platform.db.primary.acquire() as conn:
-        await conn.fetchval("SELECT 1")
-
-
-async def _check_migrations(platform: Platform) -> None:
-    async with platform.db.primary.acquire() as conn:
-        rows = await conn.fetch("SELECT migration_id FROM _yoyo_migration")
+async def _check_postgres_and_migrations(platform: Platform) -> dict[str, str]:
+    """One round trip answers both: Postgres is reachable, and which migrations it has."""
+    try:
+        async with platform.db.primary.acquire() as conn:
+            rows = await conn.fetch("SELECT migration_id FROM _yoyo_migration")
+    except asyncpg.PostgresError as exc:
+        # The server answered: it is up, but the schema is not there (or not ours yet).
+        return {"postgres": "ok", "migrations": _failure(exc)}
+    except Exception as exc:
+        failure = _failure(exc)
+        return {"postgres": failure, "migrations": "unknown: postgres unreachable"}
     missing = expected_migrations(platform.settings.migrations_dir) - {r[0] for r in rows}
     if missing:
-        raise RuntimeError(f"{len(missing)} migration(s) not applied")
+        return {"postgres": "ok", "migrations": f"failing: {len(missing)} migration(s) not applied"}
+    return {"postgres": "ok", "migrations": "ok"}
+
+
+def _failure(exc: BaseException) -> str:
+    detail = f": {exc}" if str(exc) else ""
+    return f"failing: {type(exc).__name__}{detail}"[:200]
 
 
 async def _check_redis(platform: Platform) -> None:
@@ -55,26 +67,54 @@ async def _check_redis(platform: Platform) -> None:
 
 
 async def readiness(platform: Platform) -> dict[str, str]:
-    checks = {
-        "postgres": lambda: _check_postgres(platform),
-        "migrations": lambda: _check_migrations(platform),
-        "redis": lambda: _check_redis(platform),
-        **platform.readiness_checks,
-    }
+    checks = {"redis": lambda: _check_redis(platform), **platform.readiness_checks}
 
-    async def run(check: object) -> str:
+    async def run(check: Callable[[], Awaitable[None]]) -> str:
         try:
-            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)  # type: ignore[operator]
+            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
         except Exception as exc:  # any failure means not ready; the reason goes to the caller
-            return (
-                f"failing: {type(exc).__name__}: {exc}"[:200]
-                if str(exc)
-                else (f"failing: {type(exc).__name__}")
-            )
+            return _failure(exc)
         return "ok"
 
+    async def database() -> dict[str, str]:
+        try:
+            return await asyncio.wait_for(_check_postgres_and_migrations(platform), CHECK_TIMEOUT_S)
+        except TimeoutError as exc:
+            return {"postgres": _failure(exc), "migrations": "unknown: postgres unreachable"}
+
+    database_check = asyncio.ensure_future(database())
     results = await asyncio.gather(*(run(c) for c in checks.values()))
-    return dict(zip(checks, results, strict=True))
+    return {**await database_check, **dict(zip(checks, results, strict=True))}
+
+
+class ReadinessProbe:
+    """Coalesces probes: concurrent callers share one check, and a result is reused for
+    `max_age_s`, so a storm of probes costs the database one query, not one each."""
+
+    def __init__(self, platform: Platform, max_age_s: float = 0.5) -> None:
+        self._platform = platform
+        self._max_age_s = max_age_s
+        self._result: dict[str, str] | None = None
+        self._taken_at = 0.0
+        self._pending: asyncio.Future[dict[str, str]] | None = None
+
+    async def check(self) -> dict[str, str]:
+        now = time.monotonic()
+        if self._result is not None and now - self._taken_at < self._max_age_s:
+            return self._result
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(readiness(self._platform))
+            self._pending.add_done_callback(self._store)
+        return await asyncio.shield(self._pending)
+
+    def _store(self, future: asyncio.Future[dict[str, str]]) -> None:
+        self._pending = None
+        if not future.cancelled() and future.exception() is None:
+            self._result = future.result()
+            self._taken_at = time.monotonic()
+
+
+PROBE_KEY = web.AppKey("readiness_probe", ReadinessProbe)
 
 
 async def live(request: web.Request) -> web.Response:
@@ -82,7 +122,7 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    checks = await readiness(request.app[PLATFORM_KEY])
+    checks = await request.app[PROBE_KEY].check()
     healthy = all(v == "ok" for v in checks.values())
     READY.set(1 if healthy else 0)
     status = 200 if healthy else 503
@@ -138,6 +178,10 @@ ENDPOINTS = [
         response_content_type="text/html",
     ),
 ]
+
+
+def install(app: web.Application, platform: Platform) -> None:
+    app[PROBE_KEY] = ReadinessProbe(platform)
 
 
 def install_openapi(app: web.Application, endpoints: list[Endpoint], version: str) -> None:
