@@ -32,6 +32,7 @@ from iotcore.app import create_app
 from iotcore.config import Settings
 from iotcore.platform.context import Platform
 from iotcore.platform.migrations import Migrator
+from tests.containers import docker_engine_available, start_containers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = uuid.uuid4().hex[:8]
@@ -41,7 +42,16 @@ OWNER_URL = os.environ.get(
 SERVICE_URL = os.environ.get(
     "IOT_TEST_SERVICE_URL", "postgresql://iotcore_service:iotcore-dev@127.0.0.1:5432/postgres"
 )
+# Superuser, only to enable TimescaleDB in the template when the server has it.
+SUPERUSER_URL = os.environ.get(
+    "IOT_TEST_SUPERUSER_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("IOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CONTAINER_MQTT_URL: str | None = None
+if docker_engine_available():
+    _urls = start_containers()
+    OWNER_URL, SERVICE_URL, SUPERUSER_URL = _urls.owner, _urls.service, _urls.superuser
+    REDIS_URL, CONTAINER_MQTT_URL = _urls.redis, _urls.mqtt
 _database_numbers = itertools.count(1)
 
 
@@ -65,11 +75,43 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+async def _enable_timescaledb(database: str) -> None:
+    """Use TimescaleDB when the server offers it, as ops/services.sh does for the real database."""
+    try:
+        conn = await asyncpg.connect(with_database(SUPERUSER_URL, database))
+    except (OSError, asyncpg.PostgresError):
+        return  # no superuser access: the native-partitioning path is tested
+    try:
+        available = await conn.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+        )
+        if available:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    finally:
+        await conn.close()
+
+
+def timescaledb_enabled(conn_settings_database: str) -> bool:
+    async def probe() -> bool:
+        conn = await asyncpg.connect(with_database(OWNER_URL, conn_settings_database))
+        try:
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(probe())
+
+
 @pytest.fixture(scope="session")
 def template_database() -> Iterator[str]:
     """A database migrated to head once; every module's database is copied from it."""
     name = f"iotcore_tpl_{RUN_ID}"
     asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    asyncio.run(_enable_timescaledb(name))
     try:
         Migrator(with_database(OWNER_URL, name), REPO_ROOT / "migrations").up()
         yield name
@@ -89,7 +131,11 @@ def database(template_database: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def mqtt_broker() -> Iterator[str]:
-    """A Mosquitto of our own for the run, on a free port: `mqtt://127.0.0.1:PORT`."""
+    """A Mosquitto of our own for the run, on a free port: `mqtt://127.0.0.1:PORT`
+    (or the EMQX container when the suite runs on containers)."""
+    if CONTAINER_MQTT_URL:
+        yield CONTAINER_MQTT_URL
+        return
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
