@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_JWT_KEYS = "dev:dev-only-jwt-key-change-me-0123456789abcdef"
 DEV_MANUFACTURING_KEYS = "mk1:dev-only-manufacturing-key-change-me-012345"
 DEV_MQTT_HOOK_TOKEN = "dev-only-mqtt-hook-token-change-me-0123456789"
+DEV_DB_PASSWORD = "iotcore-dev"  # ops/services.sh creates the local roles with it
 MIN_SECRET_LENGTH = 32
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +50,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # Storage
-    database_url: str = "postgresql://iotcore_service@127.0.0.1:5432/iotcore"
-    database_owner_url: str = "postgresql://iotcore_owner@127.0.0.1:5432/iotcore"
+    database_url: str = f"postgresql://iotcore_service:{DEV_DB_PASSWORD}@127.0.0.1:5432/iotcore"
+    database_owner_url: str = f"postgresql://iotcore_owner:{DEV_DB_PASSWORD}@127.0.0.1:5432/iotcore"
     database_read_url: str | None = None
-    database_pool_min: int = Field(default=2, ge=1)
     database_pool_max: int = Field(default=10, ge=1)
     database_timeout_s: float = Field(default=5.0, gt=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -144,6 +144,12 @@ class Settings(BaseSettings):
                 "dev-only-ingest-password-change-me-0123456",
             ),
         }
+        for variable, url in {
+            "IOT_DATABASE_URL": self.database_url,
+            "IOT_DATABASE_OWNER_URL": self.database_owner_url,
+        }.items():
+            if f":{DEV_DB_PASSWORD}@" in url:
+                raise ValueError(f"{variable}: uses the development password in production")
         for variable, (value, default) in singles.items():
             secret = value.get_secret_value()
             if secret == default or len(secret) < MIN_SECRET_LENGTH:

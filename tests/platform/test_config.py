@@ -22,6 +22,8 @@ def strong_production(**overrides: str) -> dict[str, str]:
         "manufacturing_signing_key_id": "m1",
         "mqtt_hook_token": "z" * 40,
         "ingest_mqtt_password": "w" * 40,
+        "database_url": "postgresql://iotcore_service:s3cret-from-vault@db:5432/iotcore",
+        "database_owner_url": "postgresql://iotcore_owner:0wner-from-vault@db:5432/iotcore",
     }
     values.update(overrides)
     return values
@@ -43,6 +45,12 @@ def test_production_accepts_strong_secrets() -> None:
 def test_production_refuses_short_secrets(field: str, value: str, variable: str) -> None:
     with pytest.raises(ValidationError, match=variable):
         Settings(**strong_production(**{field: value}))  # type: ignore[arg-type]
+
+
+def test_production_refuses_the_development_database_password() -> None:
+    url = "postgresql://iotcore_service:iotcore-dev@db:5432/iotcore"
+    with pytest.raises(ValidationError, match="IOT_DATABASE_URL"):
+        Settings(**strong_production(database_url=url))  # type: ignore[arg-type]
 
 
 def test_signing_kid_must_be_in_the_ring() -> None:
