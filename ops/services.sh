@@ -50,9 +50,14 @@ BEGIN
     -- The service's login: owns nothing, no BYPASSRLS, privileges only through iotcore_app.
     CREATE ROLE iotcore_service LOGIN NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '$DEV_PASSWORD';
   END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iotcore_backup') THEN
+    -- Backups only: reads every row (RLS would hide them from any other role).
+    CREATE ROLE iotcore_backup LOGIN BYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '$DEV_PASSWORD';
+  END IF;
 END
 \$\$;
 GRANT iotcore_app TO iotcore_service;
+GRANT pg_read_all_data TO iotcore_backup;
 SQL
   if [ "$(pg_admin -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != "1" ]; then
     log "creating database $DB_NAME"
