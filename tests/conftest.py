@@ -178,6 +178,14 @@ def make_settings(database: str, **overrides: object) -> Settings:
         "http_host": "127.0.0.1",
         "http_port": 0,
         "broker_port": free_port(),
+        # Cheap argon2 for speed; the benchmark uses the production defaults.
+        "argon2_time_cost": 1,
+        "argon2_memory_kib": 8192,
+        "argon2_parallelism": 1,
+        # Every test client is 127.0.0.1: per-address throttles are tested with their real
+        # limits in their own apps (tests/auth/test_throttling.py).
+        "login_max_failures": 1000,
+        "register_max_per_ip": 1000,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

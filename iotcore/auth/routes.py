@@ -1,13 +1,153 @@
-"""HTTP handlers of the auth domain: parse, call the service, shape the response."""
+"""HTTP handlers of the identity domain: parse, call the service, shape the response."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from iotcore.platform.http import Endpoint
+from iotcore.auth.schemas import (
+    CreateUserRequest,
+    LoginRequest,
+    MeResponse,
+    RefreshRequest,
+    RegisterRequest,
+    TokenResponse,
+    UserList,
+    UserOut,
+)
+from iotcore.auth.service import AUTH_SERVICE_KEY, AuthService, Caller, require_user
+from iotcore.platform.context import PLATFORM_KEY
+from iotcore.platform.http import Endpoint, client_ip, json_response
+from iotcore.platform.pagination import ListQuery
 
-ENDPOINTS: list[Endpoint] = []
+
+def _service(request: web.Request) -> AuthService:
+    return request.app[AUTH_SERVICE_KEY]
+
+
+def _caller(request: web.Request) -> Caller:
+    return Caller(ip=client_ip(request))
+
+
+async def register(request: web.Request, body: RegisterRequest) -> web.Response:
+    result = await _service(request).register(
+        body.email, body.password, body.tenant_name, _caller(request)
+    )
+    return json_response(result, status=201)
+
+
+async def login(request: web.Request, body: LoginRequest) -> web.Response:
+    return json_response(await _service(request).login(body.email, body.password, _caller(request)))
+
+
+async def refresh(request: web.Request, body: RefreshRequest) -> web.Response:
+    return json_response(await _service(request).refresh(body.refresh_token, _caller(request)))
+
+
+async def logout(request: web.Request, body: RefreshRequest) -> web.Response:
+    await _service(request).logout(body.refresh_token, _caller(request))
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    principal = await require_user(request)
+    user, tenant = await _service(request).me(principal)
+    return json_response(MeResponse(user=user, tenant=tenant, role=principal.role))
+
+
+async def create_user(request: web.Request, body: CreateUserRequest) -> web.Response:
+    principal = await require_user(request, "admin")
+    user = await _service(request).create_user(
+        principal, body.email, body.password, body.role, _caller(request)
+    )
+    return json_response(user, status=201)
+
+
+async def list_users(request: web.Request, query: ListQuery) -> web.Response:
+    principal = await require_user(request, "admin")
+    items, next_cursor = await _service(request).list_users(principal, query.limit, query.cursor)
+    return json_response(UserList(items=items, next_cursor=next_cursor))
+
+
+TAG = "auth"
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "POST",
+        "/api/v1/auth/register",
+        register,
+        "Create a tenant and its owner",
+        TAG,
+        body=RegisterRequest,
+        responses={201: TokenResponse},
+        errors=(409, 429),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/auth/login",
+        login,
+        "Log in with e-mail and password",
+        TAG,
+        body=LoginRequest,
+        responses={200: TokenResponse},
+        errors=(401, 429),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/auth/refresh",
+        refresh,
+        "Rotate a refresh token for a new pair",
+        TAG,
+        body=RefreshRequest,
+        responses={200: TokenResponse},
+        errors=(401,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/auth/logout",
+        logout,
+        "Revoke a refresh token and its family",
+        TAG,
+        body=RefreshRequest,
+        responses={204: None},
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/auth/me",
+        me,
+        "The caller, their tenant and role",
+        TAG,
+        responses={200: MeResponse},
+        security=("bearer",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/users",
+        create_user,
+        "Add a user to the caller's tenant",
+        TAG,
+        body=CreateUserRequest,
+        responses={201: UserOut},
+        errors=(403, 409),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/users",
+        list_users,
+        "Users of the caller's tenant",
+        TAG,
+        query=ListQuery,
+        responses={200: UserList},
+        errors=(403,),
+        security=("bearer",),
+    ),
+]
 
 
 def setup(app: web.Application) -> None:
-    """Create this domain's services on the app; nothing to create yet."""
+    service = AuthService(app[PLATFORM_KEY])
+    app[AUTH_SERVICE_KEY] = service
+
+    async def close(app: web.Application) -> None:
+        await service.close()
+
+    app.on_cleanup.append(close)

@@ -1,0 +1,81 @@
+"""Request and response models of the identity endpoints (they also generate OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from iotcore.platform.types import Timestamp
+
+EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _normalise_email(value: str) -> str:
+    return value.strip().lower()
+
+
+class RegisterRequest(Strict):
+    email: str = Field(pattern=EMAIL_PATTERN, max_length=320)
+    password: str = Field(min_length=10, max_length=256)
+    tenant_name: str = Field(min_length=1, max_length=200)
+
+    _email = field_validator("email", mode="after")(_normalise_email)
+
+
+class LoginRequest(Strict):
+    email: str = Field(min_length=1, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+    _email = field_validator("email", mode="after")(_normalise_email)
+
+
+class RefreshRequest(Strict):
+    refresh_token: str = Field(min_length=1, max_length=256)
+
+
+class CreateUserRequest(Strict):
+    email: str = Field(pattern=EMAIL_PATTERN, max_length=320)
+    password: str = Field(min_length=10, max_length=256)
+    role: Literal["admin", "viewer"]
+
+    _email = field_validator("email", mode="after")(_normalise_email)
+
+
+class UserOut(BaseModel):
+    user_id: UUID
+    tenant_id: UUID
+    email: str
+    role: Literal["owner", "admin", "viewer"]
+    created_at: Timestamp
+
+
+class TenantOut(BaseModel):
+    tenant_id: UUID
+    name: str
+    created_at: Timestamp
+
+
+class TokenResponse(BaseModel):
+    user: UserOut
+    tenant: TenantOut
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+
+
+class MeResponse(BaseModel):
+    user: UserOut
+    tenant: TenantOut
+    role: Literal["owner", "admin", "viewer"]
+
+
+class UserList(BaseModel):
+    items: list[UserOut]
+    next_cursor: str | None

@@ -1,0 +1,286 @@
+"""Identity: registration, login, refresh-token rotation, users, and the caller's principal."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+from aiohttp import web
+
+from iotcore.auth.passwords import Passwords, check_password_rules
+from iotcore.auth.principal import Role, UserPrincipal
+from iotcore.auth.schemas import TenantOut, TokenResponse, UserOut
+from iotcore.auth.tokens import KeyRing, hash_refresh_token, new_refresh_token
+from iotcore.platform.context import Platform
+from iotcore.platform.db import Connection
+from iotcore.platform.errors import (
+    Conflict,
+    Forbidden,
+    RateLimited,
+    Unauthenticated,
+    ValidationFailed,
+)
+from iotcore.platform.pagination import decode_cursor, encode_cursor
+from iotcore.platform.ratelimit import FixedWindow
+from iotcore.platform.sql import queries
+
+log = logging.getLogger("iotcore.auth")
+SQL = queries("auth")
+
+
+@dataclass(frozen=True)
+class Caller:
+    ip: str
+
+
+async def audit(
+    conn: Connection,
+    action: str,
+    *,
+    actor: UUID | None,
+    subject: str | None,
+    ip: str | None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record a security event in the tenant set on `conn`. Never pass a secret in details."""
+    await conn.execute(SQL["insert_audit"], actor, action, subject, ip, details or {})
+
+
+class AuthService:
+    def __init__(self, platform: Platform) -> None:
+        settings = platform.settings
+        self._platform = platform
+        self._db = platform.db
+        self.keys = KeyRing(settings)
+        self.passwords = Passwords(settings)
+        self._refresh_ttl = timedelta(seconds=settings.refresh_token_ttl_s)
+        self._login_failures = FixedWindow(
+            platform.redis, "login", settings.login_max_failures, settings.login_window_s
+        )
+        self._registrations = FixedWindow(
+            platform.redis, "register", settings.register_max_per_ip, settings.register_window_s
+        )
+
+    async def _token_pair(self, conn: Connection, principal: UserPrincipal) -> tuple[str, str, int]:
+        refresh, digest = new_refresh_token()
+        family = uuid4()
+        await conn.execute(
+            SQL["insert_refresh_token"],
+            digest,
+            principal.tenant_id,
+            principal.user_id,
+            family,
+            self._refresh_ttl,
+        )
+        access = self.keys.issue(principal)
+        return access.token, refresh, access.expires_in
+
+    async def _token_response(self, conn: Connection, principal: UserPrincipal) -> TokenResponse:
+        access, refresh, expires_in = await self._token_pair(conn, principal)
+        row = await conn.fetchrow(SQL["get_user"], principal.user_id)
+        return TokenResponse(
+            user=UserOut(**{k: row[k] for k in UserOut.model_fields}),
+            tenant=TenantOut(
+                tenant_id=row["tenant_id"],
+                name=row["tenant_name"],
+                created_at=row["tenant_created_at"],
+            ),
+            access_token=access,
+            refresh_token=refresh,
+            expires_in=expires_in,
+        )
+
+    async def register(
+        self, email: str, password: str, tenant_name: str, caller: Caller
+    ) -> TokenResponse:
+        wait = await self._registrations.hit(caller.ip)
+        if wait:
+            raise RateLimited(wait, "Too many registrations from this address; retry later.")
+        check_password_rules(password, email)
+        password_hash = await self.passwords.hash(password)
+        async with self._db.transaction() as conn:
+            try:
+                row = await conn.fetchrow(SQL["register"], tenant_name, email, password_hash)
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict("This e-mail is already registered.", code="already_exists") from exc
+        principal = UserPrincipal(row["user_id"], row["tenant_id"], "owner")
+        async with self._db.tenant_transaction(principal.tenant_id) as conn:
+            await audit(
+                conn,
+                "user_created",
+                actor=principal.user_id,
+                subject=str(principal.user_id),
+                ip=caller.ip,
+                details={"role": "owner", "via": "register"},
+            )
+            return await self._token_response(conn, principal)
+
+    async def login(self, email: str, password: str, caller: Caller) -> TokenResponse:
+        # Failed attempts are counted per e-mail and per address in fixed windows: after the
+        # limit, 429 until the window ends. A window (not a growing lock-out) bounds how long
+        # an attacker can keep a victim's account throttled by failing on purpose.
+        subjects = (f"email:{email}", f"ip:{caller.ip}")
+        wait = await self._login_failures.exceeded(*subjects)
+        if wait:
+            raise RateLimited(wait, "Too many failed logins; retry later.")
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(SQL["login_lookup"], email)
+        matches, needs_rehash = await self.passwords.verify(
+            row["password_hash"] if row else None, password
+        )
+        if not matches or row is None:
+            await self._login_failures.hit(*subjects)
+            if row is not None:
+                async with self._db.tenant_transaction(row["tenant_id"]) as conn:
+                    await audit(
+                        conn, "login_failure", actor=None, subject=str(row["user_id"]), ip=caller.ip
+                    )
+            log.info("login failed", extra={"reason": "invalid_credentials"})
+            raise Unauthenticated("E-mail or password is wrong.", code="invalid_credentials")
+        await self._login_failures.reset(subjects[0])
+        principal = UserPrincipal(row["user_id"], row["tenant_id"], row["role"])
+        new_hash = await self.passwords.hash(password) if needs_rehash else None
+        async with self._db.tenant_transaction(principal.tenant_id) as conn:
+            if new_hash:
+                await conn.execute(SQL["update_password_hash"], principal.user_id, new_hash)
+            await audit(
+                conn,
+                "login_success",
+                actor=principal.user_id,
+                subject=str(principal.user_id),
+                ip=caller.ip,
+                details={"rehashed": bool(new_hash)},
+            )
+            return await self._token_response(conn, principal)
+
+    async def refresh(self, refresh_token: str, caller: Caller) -> TokenResponse:
+        new_token, new_digest = new_refresh_token()
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(
+                SQL["rotate_refresh"],
+                hash_refresh_token(refresh_token),
+                new_digest,
+                self._refresh_ttl,
+            )
+        outcome = row["outcome"]
+        if outcome == "reused":
+            async with self._db.tenant_transaction(row["tenant_id"]) as conn:
+                await audit(
+                    conn,
+                    "token_reused",
+                    actor=row["user_id"],
+                    subject=str(row["family_id"]),
+                    ip=caller.ip,
+                )
+            log.warning("refresh token reused; family revoked")
+            raise Unauthenticated(
+                "This refresh token was already used; its session is revoked.", code="token_reused"
+            )
+        if outcome != "ok":
+            raise Unauthenticated("The refresh token is not valid.", code="invalid_credentials")
+        principal = UserPrincipal(row["user_id"], row["tenant_id"], row["role"])
+        access = self.keys.issue(principal)
+        async with self._db.tenant_transaction(principal.tenant_id, read=False) as conn:
+            user = await conn.fetchrow(SQL["get_user"], principal.user_id)
+        return TokenResponse(
+            user=UserOut(**{k: user[k] for k in UserOut.model_fields}),
+            tenant=TenantOut(
+                tenant_id=user["tenant_id"],
+                name=user["tenant_name"],
+                created_at=user["tenant_created_at"],
+            ),
+            access_token=access.token,
+            refresh_token=new_token,
+            expires_in=access.expires_in,
+        )
+
+    async def logout(self, refresh_token: str, caller: Caller) -> None:
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(SQL["revoke_family"], hash_refresh_token(refresh_token))
+        if row is not None:
+            async with self._db.tenant_transaction(row["tenant_id"]) as conn:
+                await audit(conn, "logout", actor=row["user_id"], subject=None, ip=caller.ip)
+
+    async def me(self, principal: UserPrincipal) -> tuple[UserOut, TenantOut]:
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            row = await conn.fetchrow(SQL["get_user"], principal.user_id)
+        if row is None:
+            raise Unauthenticated("This user no longer exists.")
+        return (
+            UserOut(**{k: row[k] for k in UserOut.model_fields}),
+            TenantOut(
+                tenant_id=row["tenant_id"],
+                name=row["tenant_name"],
+                created_at=row["tenant_created_at"],
+            ),
+        )
+
+    async def create_user(
+        self, principal: UserPrincipal, email: str, password: str, role: Role, caller: Caller
+    ) -> UserOut:
+        check_password_rules(password, email)
+        password_hash = await self.passwords.hash(password)
+        async with self._db.tenant_transaction(principal.tenant_id) as conn:
+            try:
+                row = await conn.fetchrow(SQL["insert_user"], email, password_hash, role)
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict("This e-mail is already registered.", code="already_exists") from exc
+            await audit(
+                conn,
+                "user_created",
+                actor=principal.user_id,
+                subject=str(row["user_id"]),
+                ip=caller.ip,
+                details={"role": role},
+            )
+        return UserOut(**dict(row))
+
+    async def list_users(
+        self, principal: UserPrincipal, limit: int, cursor: str | None
+    ) -> tuple[list[UserOut], str | None]:
+        after_ts = after_id = None
+        if cursor:
+            position = decode_cursor(cursor, {"t", "id"})
+            after_ts, after_id = _parse_position(position)
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            rows = await conn.fetch(SQL["list_users"], after_ts, after_id, limit + 1)
+        items = [UserOut(**dict(r)) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(
+                {"t": last["created_at"].isoformat(), "id": str(last["user_id"])}
+            )
+        return items, next_cursor
+
+    def principal_from_token(self, token: str) -> UserPrincipal:
+        return self.keys.verify(token)
+
+    async def close(self) -> None:
+        self.passwords.close()
+
+
+def _parse_position(position: dict[str, Any]) -> tuple[datetime, UUID]:
+    try:
+        return datetime.fromisoformat(position["t"]), UUID(position["id"])
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc
+
+
+AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)
+
+
+async def require_user(request: web.Request, minimum_role: Role = "viewer") -> UserPrincipal:
+    """The caller's principal from `Authorization: Bearer`, at least `minimum_role`."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Send an access token: Authorization: Bearer <token>.")
+    principal = request.app[AUTH_SERVICE_KEY].principal_from_token(token.strip())
+    if not principal.at_least(minimum_role):
+        raise Forbidden(f"This needs the {minimum_role} role or higher.")
+    return principal

@@ -1,0 +1,96 @@
+"""Access tokens (JWT, HS256, key ring with `kid`) and opaque refresh tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from uuid import UUID
+
+import jwt
+
+from iotcore.auth.principal import ROLE_RANK, UserPrincipal
+from iotcore.config import Settings
+from iotcore.platform.errors import Unauthenticated
+
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str
+    expires_in: int
+
+
+class KeyRing:
+    """Every key verifies; one signs. Rotation: add the new key, switch signing, wait one
+    access-token lifetime, drop the old key (runbooks/jwt-key-rotation.md)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._keys = {kid: secret.encode() for kid, secret in settings.jwt_key_ring.items()}
+        self._signing_kid = settings.jwt_signing_kid
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._ttl = settings.access_token_ttl_s
+
+    def issue(self, principal: UserPrincipal) -> AccessToken:
+        now = int(time.time())
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": str(principal.user_id),
+            "tid": str(principal.tenant_id),
+            "role": principal.role,
+            "iat": now,
+            "exp": now + self._ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(
+            claims,
+            self._keys[self._signing_kid],
+            algorithm=ALGORITHM,
+            headers={"kid": self._signing_kid},
+        )
+        return AccessToken(token, self._ttl)
+
+    def verify(self, token: str) -> UserPrincipal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated("The access token is not valid.") from exc
+        key = self._keys.get(str(header.get("kid")))
+        # The algorithm is pinned: a token naming another (or "none") is refused outright.
+        if key is None or header.get("alg") != ALGORITHM:
+            raise Unauthenticated("The access token is not valid.")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iat", "sub", "tid", "role", "jti"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("The access token has expired.", code="token_expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated("The access token is not valid.") from exc
+        role = claims["role"]
+        if role not in ROLE_RANK:
+            raise Unauthenticated("The access token is not valid.")
+        try:
+            return UserPrincipal(UUID(claims["sub"]), UUID(claims["tid"]), role)
+        except (ValueError, TypeError) as exc:
+            raise Unauthenticated("The access token is not valid.") from exc
+
+
+def new_refresh_token() -> tuple[str, bytes]:
+    """An opaque 256-bit token and the SHA-256 digest that is all the database keeps."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_refresh_token(token)
+
+
+def hash_refresh_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

@@ -1,0 +1,32 @@
+"""Opaque list cursors (base64url JSON) and the list query every list endpoint accepts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field
+
+from iotcore.platform.errors import ValidationFailed
+
+
+class ListQuery(BaseModel):
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+def encode_cursor(position: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, keys: set[str]) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        position = orjson.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc
+    if not isinstance(position, dict) or set(position) != keys:
+        raise ValidationFailed.field("cursor", "not a cursor this server issued")
+    return position
