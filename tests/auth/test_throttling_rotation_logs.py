@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -37,7 +38,9 @@ async def app_with(database: str) -> AsyncIterator[AppFactory]:
 
 
 async def test_failed_logins_are_throttled_with_retry_after(app_with: AppFactory) -> None:
-    client = await app_with(login_max_failures=5, login_window_s=60, redis_prefix="iottest:thr1:")
+    client = await app_with(
+        login_max_failures=5, login_window_s=60, redis_prefix=f"iottest:{uuid.uuid4().hex}:"
+    )
     user = await register(client)
     for _ in range(5):
         wrong = await client.post(
@@ -53,7 +56,9 @@ async def test_failed_logins_are_throttled_with_retry_after(app_with: AppFactory
 
 
 async def test_throttle_window_ends(app_with: AppFactory) -> None:
-    client = await app_with(login_max_failures=2, login_window_s=1, redis_prefix="iottest:thr2:")
+    client = await app_with(
+        login_max_failures=2, login_window_s=1, redis_prefix=f"iottest:{uuid.uuid4().hex}:"
+    )
     user = await register(client)
     for _ in range(2):
         await client.post(
@@ -72,7 +77,7 @@ async def test_throttle_window_ends(app_with: AppFactory) -> None:
 
 
 async def test_registrations_are_throttled_per_address(app_with: AppFactory) -> None:
-    client = await app_with(register_max_per_ip=2, redis_prefix="iottest:thr3:")
+    client = await app_with(register_max_per_ip=2, redis_prefix=f"iottest:{uuid.uuid4().hex}:")
     statuses = []
     for _ in range(3):
         response = await client.post(
