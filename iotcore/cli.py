@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from iotcore.config import Settings, get_settings
+from iotcore.devices import client as device_client
 from iotcore.platform.context import Platform
 from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
@@ -113,6 +114,9 @@ ASYNC_ROLES: dict[str, AsyncRole] = {
 }
 
 
+CLIENT_COMMANDS = {"factory": device_client.run_factory, "device": device_client.run_device}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iotcore", description=__doc__)
     roles = parser.add_subparsers(dest="role", required=True)
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("steps", type=int)
     actions.add_parser("status", help="list migrations, applied or pending")
     actions.add_parser("check", help="fail on misnumbered migrations or missing rollbacks")
+    device_client.add_parsers(roles)
     return parser
 
 
@@ -141,6 +146,8 @@ def _path(value: str) -> object:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.role in CLIENT_COMMANDS:
+        return asyncio.run(CLIENT_COMMANDS[args.role](args))
     try:
         settings = get_settings()
     except ValidationError as exc:

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     signature_skew_s: int = Field(default=300, ge=1)
     secret_rotation_grace_s: int = Field(default=86400, ge=0)
     device_cache_ttl_s: float = Field(default=5.0, ge=0)
+    claim_max_failures: int = Field(default=5, ge=1)
+    claim_window_s: int = Field(default=900, ge=1)
 
     # Telemetry
     telemetry_retention_days: int = Field(default=365, ge=1)

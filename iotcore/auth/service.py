@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -22,9 +22,8 @@ from iotcore.platform.errors import (
     Forbidden,
     RateLimited,
     Unauthenticated,
-    ValidationFailed,
 )
-from iotcore.platform.pagination import decode_cursor, encode_cursor
+from iotcore.platform.pagination import decode_keyset, encode_keyset
 from iotcore.platform.ratelimit import FixedWindow
 from iotcore.platform.sql import queries
 
@@ -242,19 +241,14 @@ class AuthService:
     async def list_users(
         self, principal: UserPrincipal, limit: int, cursor: str | None
     ) -> tuple[list[UserOut], str | None]:
-        after_ts = after_id = None
-        if cursor:
-            position = decode_cursor(cursor, {"t", "id"})
-            after_ts, after_id = _parse_position(position)
+        after_ts, after_id = decode_keyset(cursor)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             rows = await conn.fetch(SQL["list_users"], after_ts, after_id, limit + 1)
         items = [UserOut(**dict(r)) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor(
-                {"t": last["created_at"].isoformat(), "id": str(last["user_id"])}
-            )
+            next_cursor = encode_keyset(last["created_at"], last["user_id"])
         return items, next_cursor
 
     def principal_from_token(self, token: str) -> UserPrincipal:
@@ -262,13 +256,6 @@ class AuthService:
 
     async def close(self) -> None:
         self.passwords.close()
-
-
-def _parse_position(position: dict[str, Any]) -> tuple[datetime, UUID]:
-    try:
-        return datetime.fromisoformat(position["t"]), UUID(position["id"])
-    except (TypeError, ValueError) as exc:
-        raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc
 
 
 AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, Field
@@ -30,3 +32,18 @@ def decode_cursor(cursor: str, keys: set[str]) -> dict[str, Any]:
     if not isinstance(position, dict) or set(position) != keys:
         raise ValidationFailed.field("cursor", "not a cursor this server issued")
     return position
+
+
+def encode_keyset(created_at: datetime, row_id: UUID) -> str:
+    """The usual keyset position: (created_at, id) of the last row of a page."""
+    return encode_cursor({"t": created_at.isoformat(), "id": str(row_id)})
+
+
+def decode_keyset(cursor: str | None) -> tuple[datetime | None, UUID | None]:
+    if cursor is None:
+        return None, None
+    position = decode_cursor(cursor, {"t", "id"})
+    try:
+        return datetime.fromisoformat(position["t"]), UUID(position["id"])
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc

@@ -1,0 +1,57 @@
+-- Device queries. Functions named device_* are SECURITY DEFINER (migrations/0003).
+
+-- name: provision
+SELECT device_id, serial_number, key_id, created FROM device_provision($1, $2, $3, $4)
+
+-- name: lookup
+SELECT device_id, tenant_id, serial_number, key_id, status, secret_issuable, has_secret
+FROM device_lookup($1, $2)
+
+-- name: claim
+SELECT outcome FROM device_claim($1, $2, $3)
+
+-- name: issue_secret
+SELECT outcome, tenant_id FROM device_issue_secret($1, $2)
+
+-- name: credentials
+SELECT tenant_id, status, secret_hash, previous_secret_hash, previous_valid_until
+FROM device_credentials($1)
+
+-- name: secret_used
+SELECT device_secret_used($1)
+
+-- name: rotate
+SELECT device_rotate($1, $2, $3)
+
+-- name: reset
+SELECT device_reset($1, $2)
+
+-- name: get_device
+SELECT device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
+       last_seen_at, created_at
+FROM devices WHERE device_id = $1
+
+-- name: list_devices
+SELECT device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
+       last_seen_at, created_at
+FROM devices
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::timestamptz IS NULL OR (created_at, device_id) > ($2::timestamptz, $3::uuid))
+ORDER BY created_at, device_id
+LIMIT $4
+
+-- name: patch_device
+UPDATE devices SET name = CASE WHEN $2 THEN $3 ELSE name END,
+                   labels = COALESCE($4::jsonb, labels)
+WHERE device_id = $1
+RETURNING device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
+          last_seen_at, created_at
+
+-- name: mark_seen
+-- Batched by the telemetry writer inside a tenant transaction: a claimed device becomes
+-- active on its first accepted telemetry; last_seen_at only moves forward.
+UPDATE devices d
+SET last_seen_at = GREATEST(d.last_seen_at, s.seen),
+    status = CASE WHEN d.status = 'claimed' THEN 'active' ELSE d.status END
+FROM unnest($1::uuid[], $2::timestamptz[]) AS s(device_id, seen)
+WHERE d.device_id = s.device_id
