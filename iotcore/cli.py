@@ -66,14 +66,33 @@ async def run_unavailable(settings: Settings, args: argparse.Namespace) -> None:
     raise RoleUnavailable(f"the '{args.role}' role is not available in this build yet")
 
 
-async def run_all(settings: Settings, args: argparse.Namespace) -> None:
-    """Single node: the API plus every role this build provides, sharing one platform."""
+async def run_broker(settings: Settings, args: argparse.Namespace) -> None:
+    from iotcore.broker.server import start_broker
+
     platform = Platform.from_settings(settings)
     await platform.start()
-    runner = await start_api(settings, platform)
+    broker = await start_broker(platform)
+    print(f"iotcore broker listening on mqtt://{broker.address}", flush=True)
     try:
         await wait_for_shutdown()
     finally:
+        await broker.stop()
+        await platform.close()
+
+
+async def run_all(settings: Settings, args: argparse.Namespace) -> None:
+    """Single node: the API plus every role this build provides, sharing one platform."""
+    from iotcore.broker.server import start_broker
+
+    platform = Platform.from_settings(settings)
+    await platform.start()
+    runner = await start_api(settings, platform)
+    broker = await start_broker(platform)
+    print(f"iotcore broker listening on mqtt://{broker.address}", flush=True)
+    try:
+        await wait_for_shutdown()
+    finally:
+        await broker.stop()
         await runner.cleanup()
         await platform.close()
 
@@ -108,7 +127,7 @@ AsyncRole = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]
 ASYNC_ROLES: dict[str, AsyncRole] = {
     "api": run_api,
     "ingest": run_unavailable,
-    "broker": run_unavailable,
+    "broker": run_broker,
     "maintain": run_unavailable,
     "run": run_all,
 }
