@@ -50,12 +50,14 @@ def create_app(settings: Settings, platform: Platform | None = None) -> web.Appl
             await app[PLATFORM_KEY].close()
 
         app.on_startup.append(start_platform)
-        app.on_cleanup.append(close_platform)
 
     endpoints: list[Endpoint] = [*health.ENDPOINTS]
     for domain in (auth_routes, devices_routes, telemetry_routes):
         domain.setup(app)
         endpoints.extend(domain.ENDPOINTS)
+    if owns_platform:
+        # After the domains' own clean-up (the writer flushes through the pools).
+        app.on_cleanup.append(close_platform)
     add_endpoints(app, endpoints)
     health.install_openapi(app, endpoints, package_version())
     return app

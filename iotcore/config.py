@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     telemetry_max_future_s: int = Field(default=300, ge=0)
     telemetry_max_range_days: int = Field(default=400, ge=1)
     rate_limit_fail_open: bool = True
+    rate_limit_device_per_s: float = Field(default=10, gt=0)
+    rate_limit_device_burst: float = Field(default=50, ge=1)
+    rate_limit_tenant_per_s: float = Field(default=2000, gt=0)
+    rate_limit_tenant_burst: float = Field(default=5000, ge=1)
+    writer_batch_rows: int = Field(default=5000, ge=1)
+    writer_batch_age_ms: int = Field(default=50, ge=1)
+    writer_queue_rows: int = Field(default=100_000, ge=1)
+    http_write_timeout_s: float = Field(default=10, gt=0)
+    reject_retention_days: int = Field(default=7, ge=1)
+    partitions_ahead_days: int = Field(default=7, ge=1)
+    ingest_client_id: str = "iotcore-ingest-1"
+    ingest_session_expiry_s: int = Field(default=12 * 3600, ge=0)
+    ingest_receive_maximum: int = Field(default=20_000, ge=1, le=65535)
+    mqtt_protocol_v5: bool = True
 
     @field_validator("database_read_url", mode="before")
     @classmethod

@@ -250,10 +250,24 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def start_iotcore(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    """A child `iotcore` process. Its log goes to a file (a pipe nobody reads would fill up
+    and block the child); `read_log(process)` returns it."""
+    log = tempfile.NamedTemporaryFile(prefix="iotcore-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
         [sys.executable, "-m", "iotcore.cli", *args],
         env=settings_env(settings),
         cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
+    _LOGS[process.pid] = Path(log.name)
+    log.close()
+    return process
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def read_log(process: subprocess.Popen[bytes]) -> str:
+    path = _LOGS.get(process.pid)
+    return path.read_text(errors="replace")[-8000:] if path and path.exists() else ""

@@ -50,6 +50,8 @@ class Endpoint:
     response_content_type: str = "application/json"
     header_params: tuple[str, ...] = ()
     in_schema: bool = True
+    # A body the handler parses itself (e.g. point by point), documented with this model.
+    documented_body: type[BaseModel] | None = None
 
     def route_handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:

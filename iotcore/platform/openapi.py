@@ -73,8 +73,9 @@ def _schemas(endpoints: list[Endpoint]) -> dict[str, Any]:
         (ErrorEnvelope, "serialization")
     ]
     for endpoint in endpoints:
-        if endpoint.body is not None:
-            pairs.append((endpoint.body, "validation"))
+        body = endpoint.body or endpoint.documented_body
+        if body is not None:
+            pairs.append((body, "validation"))
         pairs.extend((m, "serialization") for m in endpoint.responses.values() if m is not None)
     unique = list(dict.fromkeys(pairs))
     refs, definitions = models_json_schema(unique, ref_template=_REF)
@@ -126,10 +127,11 @@ def _operation(endpoint: Endpoint, refs: dict[str, Any]) -> dict[str, Any]:
     params = _parameters(endpoint)
     if params:
         operation["parameters"] = params
-    if endpoint.body is not None:
+    body = endpoint.body or endpoint.documented_body
+    if body is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(refs, endpoint.body, "validation")}},
+            "content": {"application/json": {"schema": _ref(refs, body, "validation")}},
         }
     for status, model in endpoint.responses.items():
         response: dict[str, Any] = {"description": "Success"}

@@ -1,14 +1,88 @@
-"""HTTP handlers of the telemetry domain: the webhook (ingestion) plus the read API."""
+"""HTTP handlers of the telemetry domain: the device webhook, plus the read API."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+
 from aiohttp import web
 
-from iotcore.platform.http import Endpoint
+from iotcore.devices.service import DEVICE_REGISTRY_KEY, DeviceIdentity
+from iotcore.platform.context import PLATFORM_KEY
+from iotcore.platform.errors import Unauthenticated, Unavailable, UnsupportedMediaType
+from iotcore.platform.http import Endpoint, json_response, read_body
 from iotcore.telemetry import read_routes
+from iotcore.telemetry.schemas import TelemetryAccepted, TelemetryBody
+from iotcore.telemetry.service import TELEMETRY_INGEST_KEY, TelemetryIngest
+from iotcore.telemetry.writer import StorageRefused, TelemetryWriter
 
-ENDPOINTS: list[Endpoint] = [*read_routes.ENDPOINTS]
+
+async def _device(request: web.Request, ingest: TelemetryIngest) -> DeviceIdentity:
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        raise Unauthenticated("Send HTTP Basic credentials: device_id and secret.")
+    try:
+        device_id, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise Unauthenticated("Malformed Basic credentials.") from exc
+    identity = await ingest.registry.authenticate(device_id, secret)
+    if identity is None or identity.tenant_id is None:
+        raise Unauthenticated("Unknown device or wrong secret.", code="invalid_credentials")
+    return identity
+
+
+async def post_telemetry(request: web.Request) -> web.Response:
+    ingest = request.app[TELEMETRY_INGEST_KEY]
+    identity = await _device(request, ingest)
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+    raw = await read_body(request)
+    await ingest.check_rate(identity)
+    future = ingest.writer.submit_nowait(ingest.from_http(identity, raw))
+    timeout = request.app[PLATFORM_KEY].settings.http_write_timeout_s
+    try:
+        result = await asyncio.wait_for(asyncio.shield(future), timeout)
+    except (TimeoutError, StorageRefused) as exc:
+        raise Unavailable("The readings could not be stored in time; retry.") from exc
+    return json_response(
+        TelemetryAccepted(
+            accepted=result.accepted,
+            stored=result.stored,
+            duplicates=result.duplicates,
+            rejected=result.rejected,
+        ),
+        status=202,
+    )
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "POST",
+        "/api/v1/telemetry",
+        post_telemetry,
+        "A device posts telemetry (202 once durable)",
+        "telemetry",
+        documented_body=TelemetryBody,
+        responses={202: TelemetryAccepted},
+        errors=(401, 403, 429, 503),
+        security=("device_basic",),
+    ),
+    *read_routes.ENDPOINTS,
+]
 
 
 def setup(app: web.Application) -> None:
+    platform = app[PLATFORM_KEY]
+    writer = TelemetryWriter(platform)
+    app[TELEMETRY_INGEST_KEY] = TelemetryIngest(platform, app[DEVICE_REGISTRY_KEY], writer)
+
+    async def start(app: web.Application) -> None:
+        await writer.start()
+
+    async def stop(app: web.Application) -> None:
+        await writer.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
     read_routes.setup(app)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from iotcore.config import Settings
-from tests.conftest import free_port, make_settings, start_iotcore
+from tests.conftest import free_port, make_settings, read_log, start_iotcore
 
 CHECKS = ",".join(
     [
@@ -56,7 +56,7 @@ def live_api(database: str, mqtt_broker: str) -> Iterator[tuple[Settings, str]]:
             time.sleep(0.2)
     else:
         process.kill()
-        raise RuntimeError(process.stderr.read().decode() if process.stderr else "no output")
+        raise RuntimeError(read_log(process))
     try:
         yield settings, base
     finally:

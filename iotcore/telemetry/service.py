@@ -1,0 +1,200 @@
+"""Turning an MQTT message or an HTTP body into a writer submission: the device and tenant
+checks, the payload rules, and the rejects."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
+from aiohttp import web
+
+from iotcore.devices.service import DeviceIdentity, DeviceRegistry, parse_uuid
+from iotcore.platform.context import Platform
+from iotcore.platform.errors import (
+    ApiError,
+    Forbidden,
+    MalformedJson,
+    Overloaded,
+    RateLimited,
+    Unavailable,
+    ValidationFailed,
+)
+from iotcore.platform.metrics import INGEST_REJECTS, RATE_LIMITED
+from iotcore.platform.ratelimit import Bucket, TokenBuckets
+from iotcore.telemetry.payload import PayloadParser, PayloadRejected
+from iotcore.telemetry.writer import Reject, Submission, TelemetryWriter
+
+EXCERPT_BYTES = 256
+
+
+def excerpt(raw: bytes) -> str:
+    return raw[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+
+
+def parse_topic(topic: str) -> tuple[UUID, UUID] | None:
+    """tenants/{tenant_id}/devices/{device_id}/telemetry -> (tenant_id, device_id)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != "tenants" or parts[2] != "devices" or parts[4] != "telemetry":
+        return None
+    tenant_id, device_id = parse_uuid(parts[1]), parse_uuid(parts[3])
+    if tenant_id is None or device_id is None:
+        return None
+    return tenant_id, device_id
+
+
+class TelemetryIngest:
+    def __init__(
+        self, platform: Platform, registry: DeviceRegistry, writer: TelemetryWriter
+    ) -> None:
+        settings = platform.settings
+        self._platform = platform
+        self.registry = registry
+        self.writer = writer
+        self._parser = PayloadParser(settings)
+        self._buckets = TokenBuckets(platform.redis)
+        self._fail_open = settings.rate_limit_fail_open
+        self._device_rate = (settings.rate_limit_device_per_s, settings.rate_limit_device_burst)
+        self._tenant_rate = (settings.rate_limit_tenant_per_s, settings.rate_limit_tenant_burst)
+
+    # ------------------------------------------------------------------ MQTT
+
+    async def from_mqtt(self, topic: str, payload: bytes) -> Submission:
+        """Always a submission: a bad message becomes one carrying only its reject, so that
+        it is recorded, counted and acknowledged, and never stops the stream."""
+        received = datetime.now(UTC)
+        parsed_topic = parse_topic(topic)
+        if parsed_topic is None:
+            return self._rejected(
+                "invalid_topic", "not a telemetry topic", None, None, topic, payload
+            )
+        topic_tenant, device_id = parsed_topic
+        identity = await self.registry.resolve(device_id)
+        if identity is None or identity.tenant_id is None:
+            return self._rejected(
+                "unknown_device",
+                "unknown or unclaimed device",
+                topic_tenant,
+                device_id,
+                topic,
+                payload,
+            )
+        if identity.tenant_id != topic_tenant:
+            return self._rejected(
+                "tenant_mismatch",
+                "topic tenant is not the device's",
+                topic_tenant,
+                device_id,
+                topic,
+                payload,
+            )
+        try:
+            parsed = self._parser.parse(payload, received)
+        except PayloadRejected as exc:
+            return self._rejected(
+                exc.reason, exc.message, identity.tenant_id, device_id, topic, payload
+            )
+        if parsed.tenant_id is not None and parsed.tenant_id != str(identity.tenant_id):
+            return self._rejected(
+                "tenant_mismatch",
+                "body tenant_id is not the device's",
+                identity.tenant_id,
+                device_id,
+                topic,
+                payload,
+            )
+        rejects = [
+            Reject(reason, detail, identity.tenant_id, device_id, topic, excerpt(payload))
+            for reason, detail in parsed.rejects
+        ]
+        return Submission("mqtt", identity.tenant_id, device_id, parsed.points, rejects)
+
+    def _rejected(
+        self,
+        reason: str,
+        detail: str,
+        tenant_id: UUID | None,
+        device_id: UUID | None,
+        topic: str | None,
+        payload: bytes,
+    ) -> Submission:
+        reject = Reject(reason, detail, tenant_id, device_id, topic, excerpt(payload))
+        return Submission("mqtt", None, None, [], [reject])
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def check_rate(self, identity: DeviceIdentity) -> None:
+        redis = self._platform.redis
+        buckets = [
+            Bucket(redis.key("tb", "device", str(identity.device_id)), *self._device_rate),
+            Bucket(redis.key("tb", "tenant", str(identity.tenant_id)), *self._tenant_rate),
+        ]
+        try:
+            wait = await self._buckets.take(buckets, int(time.time() * 1000))
+        except Exception as exc:  # Redis unreachable: the configured failure mode decides
+            if self._fail_open:
+                return
+            raise Unavailable("Rate limiting is unavailable; retry later.") from exc
+        if wait > 0:
+            RATE_LIMITED.labels("telemetry").inc()
+            raise RateLimited(int(wait) + 1)
+
+    def from_http(self, identity: DeviceIdentity, raw: bytes) -> Submission:
+        """The submission for an HTTP body; whole-body problems are errors for the caller."""
+        assert identity.tenant_id is not None
+        try:
+            parsed = self._parser.parse(raw, datetime.now(UTC))
+        except PayloadRejected as exc:
+            self._record(
+                Reject(
+                    exc.reason,
+                    exc.message,
+                    identity.tenant_id,
+                    identity.device_id,
+                    None,
+                    excerpt(raw),
+                )
+            )
+            error: ApiError = (
+                MalformedJson()
+                if exc.reason == "malformed_json"
+                else ValidationFailed(details=[{"field": "body", "problem": exc.message}])
+            )
+            raise error from exc
+        if parsed.tenant_id is not None and parsed.tenant_id != str(identity.tenant_id):
+            self._record(
+                Reject(
+                    "tenant_mismatch",
+                    "body tenant_id is not the device's",
+                    identity.tenant_id,
+                    identity.device_id,
+                    None,
+                    excerpt(raw),
+                )
+            )
+            raise Forbidden("tenant_id is not this device's tenant.", code="tenant_mismatch")
+        if not parsed.points:
+            for reason, detail in parsed.rejects:
+                self._record(
+                    Reject(
+                        reason, detail, identity.tenant_id, identity.device_id, None, excerpt(raw)
+                    )
+                )
+            raise ValidationFailed(
+                details=[{"field": "body", "problem": detail} for _, detail in parsed.rejects]
+            )
+        rejects = [
+            Reject(reason, detail, identity.tenant_id, identity.device_id, None, excerpt(raw))
+            for reason, detail in parsed.rejects
+        ]
+        return Submission("http", identity.tenant_id, identity.device_id, parsed.points, rejects)
+
+    def _record(self, reject: Reject) -> None:
+        """Queue a reject for the table without waiting; under overload it is only counted."""
+        try:
+            self.writer.submit_nowait(Submission("http", None, None, [], [reject]))
+        except Overloaded:
+            INGEST_REJECTS.labels(reject.reason).inc()
+
+
+TELEMETRY_INGEST_KEY = web.AppKey("telemetry_ingest", TelemetryIngest)

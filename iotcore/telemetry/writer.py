@@ -1,0 +1,334 @@
+"""The one write path for MQTT and HTTP telemetry.
+
+Submissions wait in a queue bounded by rows. One task takes them in batches (by size or
+age), inserts every tenant's rows with app.tenant_id set, in one transaction, commits, and
+only then resolves each submission's future: that is when MQTT acks and HTTP answers 202.
+After the commit it updates the latest-values hashes and the live streams in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from iotcore.platform.context import Platform
+from iotcore.platform.db import set_tenant
+from iotcore.platform.errors import Overloaded
+from iotcore.platform.metrics import (
+    INGEST_LAG,
+    INGEST_MESSAGES,
+    INGEST_REJECTS,
+    WRITER_BATCH_ROWS,
+    WRITER_COMMIT_SECONDS,
+    WRITER_QUEUE_DEPTH,
+)
+from iotcore.platform.sql import queries
+from iotcore.telemetry.payload import Point
+
+log = logging.getLogger("iotcore.telemetry.writer")
+SQL = queries("telemetry")
+DEVICES_SQL = queries("devices")
+LIVE_WINDOW_MS = 5 * 60 * 1000
+EXCERPT_CHARS = 256
+
+# Keep the newest value per metric: KEYS[1] = hash; ARGV = metric, ts_ms, value_json, ...
+_LATEST = """
+for i = 1, #ARGV, 3 do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not old) or tonumber(cjson.decode(old)[1]) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  end
+end
+return 0
+"""
+
+TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str
+    detail: str
+    tenant_id: UUID | None = None
+    device_id: UUID | None = None
+    topic: str | None = None
+    excerpt: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    accepted: int
+    stored: int
+    duplicates: int
+    rejected: int
+
+
+@dataclass
+class Submission:
+    transport: str
+    tenant_id: UUID | None
+    device_id: UUID | None
+    points: list[Point]
+    rejects: list[Reject] = field(default_factory=list)
+    received_at: float = field(default_factory=time.monotonic)
+    future: asyncio.Future[WriteResult] | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(len(p.metrics) for p in self.points)
+
+
+class StorageRefused(Exception):
+    """The database refused the batch for a reason retrying will not fix."""
+
+
+class TelemetryWriter:
+    def __init__(self, platform: Platform) -> None:
+        settings = platform.settings
+        self._platform = platform
+        self._batch_rows = settings.writer_batch_rows
+        self._batch_age_s = settings.writer_batch_age_ms / 1000
+        self._capacity = settings.writer_queue_rows
+        self._queue: asyncio.Queue[Submission] = asyncio.Queue()
+        self._queued_rows = 0
+        self._space = asyncio.Event()
+        self._space.set()
+        self._task: asyncio.Task[None] | None = None
+        self._latest = platform.redis.client.register_script(_LATEST)
+        self.healthy = True
+
+    # ------------------------------------------------------------------ submitting
+
+    def _enqueue(self, submission: Submission) -> asyncio.Future[WriteResult]:
+        submission.future = asyncio.get_running_loop().create_future()
+        self._queued_rows += max(1, submission.rows)
+        WRITER_QUEUE_DEPTH.set(self._queued_rows)
+        if self._queued_rows >= self._capacity:
+            self._space.clear()
+        self._queue.put_nowait(submission)
+        return submission.future
+
+    def submit_nowait(self, submission: Submission) -> asyncio.Future[WriteResult]:
+        """For HTTP: a full queue is an immediate 503 overloaded."""
+        if self._queued_rows + submission.rows > self._capacity:
+            raise Overloaded("The write queue is full; retry later.", retry_after_s=1)
+        return self._enqueue(submission)
+
+    async def submit(self, submission: Submission) -> asyncio.Future[WriteResult]:
+        """For MQTT: wait for room, so the consumer stops reading (and acking) instead."""
+        while self._queued_rows + submission.rows > self._capacity and self._queued_rows:
+            await self._space.wait()
+        return self._enqueue(submission)
+
+    # ------------------------------------------------------------------ the batch loop
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="telemetry-writer")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(_STOP)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _next_batch(self) -> tuple[list[Submission], bool]:
+        first = await self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch, rows = [first], first.rows
+        deadline = time.monotonic() + self._batch_age_s
+        while rows < self._batch_rows:
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self._queue.get_nowait()
+                    if remaining <= 0
+                    else await asyncio.wait_for(self._queue.get(), remaining)
+                )
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+            rows += item.rows
+        return batch, False
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = await self._next_batch()
+            if batch:
+                await self._write_until_done(batch)
+
+    async def _write_until_done(self, batch: list[Submission]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                results = await self._write(batch)
+                self.healthy = True
+                break
+            except TRANSIENT as exc:
+                # Postgres is away: keep the batch, hold every ack, retry with backoff.
+                self.healthy = False
+                log.warning("batch write failed; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+            except asyncpg.PostgresError as exc:
+                log.exception("batch refused by the database")
+                self._settle(batch, exc=StorageRefused(type(exc).__name__))
+                return
+        self._settle(batch, results=results)
+        await self._after_commit(batch)
+
+    def _settle(
+        self,
+        batch: list[Submission],
+        results: list[WriteResult] | None = None,
+        exc: Exception | None = None,
+    ) -> None:
+        for index, submission in enumerate(batch):
+            self._queued_rows -= max(1, submission.rows)
+            future = submission.future
+            if future is not None and not future.done():
+                if results is not None:
+                    future.set_result(results[index])
+                elif exc is not None:
+                    future.set_exception(exc)
+        WRITER_QUEUE_DEPTH.set(self._queued_rows)
+        if self._queued_rows < self._capacity:
+            self._space.set()
+
+    async def _write(self, batch: list[Submission]) -> list[WriteResult]:
+        started = time.perf_counter()
+        by_tenant: dict[UUID, list[tuple[int, UUID, str, datetime, float]]] = defaultdict(list)
+        seen: dict[tuple[UUID, str, datetime], int] = {}
+        within_batch_duplicates = [0] * len(batch)
+        for index, submission in enumerate(batch):
+            if submission.tenant_id is None or submission.device_id is None:
+                continue
+            for point in submission.points:
+                for metric, value in point.metrics.items():
+                    key = (submission.device_id, metric, point.ts)
+                    if key in seen:
+                        within_batch_duplicates[index] += 1
+                        continue
+                    seen[key] = index
+                    by_tenant[submission.tenant_id].append(
+                        (index, submission.device_id, metric, point.ts, value)
+                    )
+        stored = [0] * len(batch)
+        rejects = [r for s in batch for r in s.rejects]
+        async with self._platform.db.primary.acquire() as conn, conn.transaction():
+            for tenant_id, rows in by_tenant.items():
+                await set_tenant(conn, tenant_id)
+                inserted = await conn.fetch(
+                    SQL["insert_readings"],
+                    [r[1] for r in rows],
+                    [r[2] for r in rows],
+                    [r[3] for r in rows],
+                    [r[4] for r in rows],
+                )
+                for row in inserted:
+                    stored[seen[(row["device_id"], row["metric"], row["ts"])]] += 1
+                last_seen: dict[UUID, datetime] = {}
+                for _, device_id, _, ts, _ in rows:
+                    if device_id not in last_seen or ts > last_seen[device_id]:
+                        last_seen[device_id] = ts
+                await conn.execute(
+                    DEVICES_SQL["mark_seen"], list(last_seen), list(last_seen.values())
+                )
+            if rejects:
+                await self._insert_rejects(conn, rejects)
+        elapsed = time.perf_counter() - started
+        WRITER_COMMIT_SECONDS.observe(elapsed)
+        WRITER_BATCH_ROWS.observe(len(seen))
+        now = time.monotonic()
+        results = []
+        for index, submission in enumerate(batch):
+            rows_in = submission.rows
+            duplicates = rows_in - stored[index]
+            results.append(
+                WriteResult(
+                    len(submission.points), stored[index], duplicates, len(submission.rejects)
+                )
+            )
+            INGEST_MESSAGES.labels(submission.transport, "stored").inc(stored[index])
+            INGEST_MESSAGES.labels(submission.transport, "duplicate").inc(duplicates)
+            INGEST_MESSAGES.labels(submission.transport, "rejected").inc(len(submission.rejects))
+            INGEST_LAG.observe(now - submission.received_at)
+        return results
+
+    async def _insert_rejects(self, conn: asyncpg.Connection, rejects: list[Reject]) -> None:
+        now = datetime.now(UTC)
+        await set_tenant(conn, "")
+        await conn.execute(
+            SQL["insert_rejects"],
+            [r.tenant_id for r in rejects],
+            [r.device_id for r in rejects],
+            [r.topic for r in rejects],
+            [r.reason for r in rejects],
+            [(r.excerpt or r.detail)[:EXCERPT_CHARS] for r in rejects],
+            [now] * len(rejects),
+        )
+        for reject in rejects:
+            INGEST_REJECTS.labels(reject.reason).inc()
+
+    async def _after_commit(self, batch: list[Submission]) -> None:
+        """Latest values and live stream. Best effort: the data is committed already, and
+        the read API falls back to the database when the cache is missing."""
+        redis = self._platform.redis
+        try:
+            pipe = redis.client.pipeline(transaction=False)
+            min_id = f"{int(time.time() * 1000) - LIVE_WINDOW_MS}"
+            latest: dict[UUID, dict[str, tuple[int, float]]] = defaultdict(dict)
+            for submission in batch:
+                if submission.tenant_id is None or submission.device_id is None:
+                    continue
+                stream = redis.key("live", str(submission.tenant_id))
+                for point in submission.points:
+                    ts_ms = int(point.ts.timestamp() * 1000)
+                    entry = {
+                        "device_id": str(submission.device_id),
+                        "ts": ts_ms,
+                        "metrics": point.metrics,
+                    }
+                    pipe.xadd(stream, {"p": orjson.dumps(entry)}, minid=min_id, approximate=True)
+                    newest = latest[submission.device_id]
+                    for metric, value in point.metrics.items():
+                        if metric not in newest or newest[metric][0] < ts_ms:
+                            newest[metric] = (ts_ms, value)
+            for device_id, metrics in latest.items():
+                args: list[str | bytes] = []
+                for metric, (ts_ms, value) in metrics.items():
+                    args.extend((metric, str(ts_ms), orjson.dumps([ts_ms, value])))
+                await self._latest(
+                    keys=[redis.key("latest", str(device_id))], args=args, client=pipe
+                )
+            await pipe.execute()
+        except Exception:
+            log.warning("post-commit cache update failed", exc_info=True)
+
+
+_STOP = Submission("stop", None, None, [])
