@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -20,10 +21,6 @@ from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
 
 log = logging.getLogger("iotcore.cli")
-
-
-class RoleUnavailable(Exception):
-    """A role this build does not provide yet; the CLI says so instead of doing nothing."""
 
 
 def _install_uvloop() -> None:
@@ -62,8 +59,46 @@ async def run_api(settings: Settings, args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
-async def run_unavailable(settings: Settings, args: argparse.Namespace) -> None:
-    raise RoleUnavailable(f"the '{args.role}' role is not available in this build yet")
+async def start_ops_server(platform: Platform) -> web.AppRunner:
+    """/metrics and health on IOT_METRICS_PORT for the roles that do not serve the API."""
+    from iotcore.platform.health import create_ops_app
+
+    settings = platform.settings
+    runner = web.AppRunner(create_ops_app(platform), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
+    return runner
+
+
+async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
+    from iotcore.ingest.consumer import IngestRole
+
+    platform = Platform.from_settings(settings)
+    await platform.start()
+    role = IngestRole(platform)
+    await role.start()
+    ops = await start_ops_server(platform)
+    print(f"iotcore ingest consuming from {settings.mqtt_url}", flush=True)
+    try:
+        await wait_for_shutdown()
+    finally:
+        await ops.cleanup()
+        await role.stop()
+        await platform.close()
+
+
+async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
+    from iotcore.maintenance.jobs import run_forever, run_once
+
+    if args.once:
+        report = await run_once(settings)
+        print(f"maintenance: {report}", flush=True)
+        return
+    task = asyncio.create_task(run_forever(settings))
+    try:
+        await wait_for_shutdown()
+    finally:
+        task.cancel()
 
 
 async def run_broker(settings: Settings, args: argparse.Namespace) -> None:
@@ -83,15 +118,24 @@ async def run_broker(settings: Settings, args: argparse.Namespace) -> None:
 async def run_all(settings: Settings, args: argparse.Namespace) -> None:
     """Single node: the API plus every role this build provides, sharing one platform."""
     from iotcore.broker.server import start_broker
+    from iotcore.ingest.consumer import IngestRole
+    from iotcore.maintenance.jobs import run_forever
+    from iotcore.telemetry.service import TELEMETRY_INGEST_KEY
 
     platform = Platform.from_settings(settings)
     await platform.start()
     runner = await start_api(settings, platform)
     broker = await start_broker(platform)
     print(f"iotcore broker listening on mqtt://{broker.address}", flush=True)
+    # The consumer shares the API's writer: one write path, one set of batches.
+    ingest = IngestRole(platform, runner.app[TELEMETRY_INGEST_KEY])
+    await ingest.start()
+    maintenance = asyncio.create_task(run_forever(settings))
     try:
         await wait_for_shutdown()
     finally:
+        maintenance.cancel()
+        await ingest.stop()
         await broker.stop()
         await runner.cleanup()
         await platform.close()
@@ -126,9 +170,9 @@ AsyncRole = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]
 
 ASYNC_ROLES: dict[str, AsyncRole] = {
     "api": run_api,
-    "ingest": run_unavailable,
+    "ingest": run_ingest,
     "broker": run_broker,
-    "maintain": run_unavailable,
+    "maintain": run_maintain,
     "run": run_all,
 }
 
@@ -177,13 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "migrate":
         return run_migrate(settings, args)
     _install_uvloop()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(ASYNC_ROLES[args.role](settings, args))
-    except RoleUnavailable as exc:
-        print(f"iotcore: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

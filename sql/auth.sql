@@ -40,3 +40,6 @@ LIMIT $3
 -- name: insert_audit
 INSERT INTO audit_log (tenant_id, actor, action, subject, ip, details)
 VALUES (app_tenant_id(), $1, $2, $3, $4, $5::jsonb)
+
+-- name: prune_refresh_tokens
+DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'

@@ -13,8 +13,14 @@ import prometheus_client
 from aiohttp import web
 from pydantic import BaseModel
 
-from iotcore.platform.context import Platform
-from iotcore.platform.http import Endpoint, json_response
+from iotcore.platform.context import PLATFORM_KEY, Platform
+from iotcore.platform.http import (
+    SETTINGS_KEY,
+    Endpoint,
+    add_endpoints,
+    json_response,
+    observe_middleware,
+)
 from iotcore.platform.metrics import READY
 from iotcore.platform.openapi import build_openapi, render_docs_page
 
@@ -186,3 +192,16 @@ def install(app: web.Application, platform: Platform) -> None:
 
 def install_openapi(app: web.Application, endpoints: list[Endpoint], version: str) -> None:
     app[OPENAPI_KEY] = build_openapi(endpoints, version)
+
+
+def create_ops_app(platform: Platform) -> web.Application:
+    """Health and metrics for roles without the API (ingest, broker, maintain)."""
+
+    app = web.Application(middlewares=[observe_middleware])
+    app[SETTINGS_KEY] = platform.settings
+    app[PLATFORM_KEY] = platform
+    install(app, platform)
+    endpoints = [e for e in ENDPOINTS if e.path != "/api/v1/docs"]
+    add_endpoints(app, endpoints)
+    install_openapi(app, endpoints, "ops")
+    return app
