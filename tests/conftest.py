@@ -91,21 +91,6 @@ async def _enable_timescaledb(database: str) -> None:
         await conn.close()
 
 
-def timescaledb_enabled(conn_settings_database: str) -> bool:
-    async def probe() -> bool:
-        conn = await asyncpg.connect(with_database(OWNER_URL, conn_settings_database))
-        try:
-            return bool(
-                await conn.fetchval(
-                    "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
-                )
-            )
-        finally:
-            await conn.close()
-
-    return asyncio.run(probe())
-
-
 @pytest.fixture(scope="session")
 def template_database() -> Iterator[str]:
     """A database migrated to head once; every module's database is copied from it."""
