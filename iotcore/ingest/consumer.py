@@ -24,7 +24,7 @@ from iotcore.config import Settings
 from iotcore.devices.service import DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.telemetry.service import TelemetryIngest
-from iotcore.telemetry.writer import TelemetryWriter, WriteResult
+from iotcore.telemetry.writer import TRANSIENT, Submission, TelemetryWriter, WriteResult
 
 log = logging.getLogger("iotcore.ingest")
 TOPIC = "tenants/+/devices/+/telemetry"
@@ -78,7 +78,7 @@ class Consumer:
         log.info("ingest subscribed", extra={"topic": subscription(self._settings)})
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            submission = await self._ingest.from_mqtt(str(message.topic), payload)
+            submission = await self._submission(str(message.topic), payload)
             future = await self._ingest.writer.submit(submission)
             if message.qos > 0:
                 mid, qos = message.mid, message.qos
@@ -90,6 +90,18 @@ class Consumer:
                         paho.ack(mid, qos)
 
                 future.add_done_callback(ack)
+
+    async def _submission(self, topic: str, payload: bytes) -> Submission:
+        """Checking the device needs Postgres (or the cache): while it is away, wait and
+        retry, holding the stream (and the acks) rather than dropping the message."""
+        delay = 0.1
+        while True:
+            try:
+                return await self._ingest.from_mqtt(topic, payload)
+            except TRANSIENT as exc:
+                log.warning("device check failed; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
 
     async def run(self) -> None:
         delay = 0.5

@@ -1,0 +1,248 @@
+"""MQTT ingestion against a real Mosquitto: stored once, rejects recorded, and no loss
+through a consumer crash, a Postgres outage, and two consumers in one share group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from iotcore.config import Settings
+from iotcore.ingest.consumer import IngestRole
+from iotcore.platform.context import Platform
+from tests.conftest import SERVICE_URL, free_port, read_log, start_iotcore, with_database
+from tests.support.devices import DeviceCredentials, claimed_device
+from tests.support.proxy import CuttableProxy
+from tests.support.telemetry import rejects
+from tests.support.users import register
+
+Client = TestClient  # type: ignore[type-arg]
+
+
+def broker_address(settings: Settings) -> tuple[str, int]:
+    url = urlsplit(settings.mqtt_url)
+    return url.hostname or "127.0.0.1", url.port or 1883
+
+
+async def publish(
+    settings: Settings,
+    topic: str,
+    payloads: list[bytes],
+    in_flight: int = 500,
+    on_progress: Any = None,
+) -> None:
+    """QoS 1 publishes with a bounded number in flight (paho stalls past 65,535)."""
+    host, port = broker_address(settings)
+    limiter = asyncio.Semaphore(in_flight)
+    async with aiomqtt.Client(
+        host,
+        port,
+        identifier=f"pub-{os.getpid()}-{time.time_ns()}",
+        max_inflight_messages=in_flight,
+        timeout=30,
+    ) as client:
+
+        async def one(index: int, payload: bytes) -> None:
+            async with limiter:
+                await client.publish(topic, payload, qos=1)
+            if on_progress is not None:
+                await on_progress(index)
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(payloads)))
+
+
+def readings(count: int, start_ms: int) -> list[bytes]:
+    return [orjson.dumps({"ts": start_ms + i, "metrics": {"a": i, "b": -i}}) for i in range(count)]
+
+
+async def count_rows(owner_conn: Any, device_id: str) -> int:
+    return int(
+        await owner_conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", device_id)
+    )
+
+
+async def wait_rows(owner_conn: Any, device_id: str, expected: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    while time.monotonic() < deadline:
+        count = await count_rows(owner_conn, device_id)
+        if count >= expected:
+            await asyncio.sleep(0.5)  # anything more would be a duplicate: give it a moment
+            return await count_rows(owner_conn, device_id)
+        await asyncio.sleep(0.25)
+    return count
+
+
+async def wait_ready(port: int, timeout_s: float = 30) -> None:
+    """Async: the test's own event loop may be serving a proxy the consumer depends on."""
+
+    def probe() -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health/ready", timeout=2):
+            pass
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.to_thread(probe)
+            return
+        except OSError:
+            await asyncio.sleep(0.2)
+    raise AssertionError("the consumer did not become ready")
+
+
+@pytest.fixture(scope="module")
+async def in_process_consumer(platform: Platform) -> AsyncIterator[IngestRole]:
+    role = IngestRole(platform)
+    await role.start()
+    deadline = time.monotonic() + 10
+    while not role.consumer.connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    yield role
+    await role.stop()
+
+
+async def test_published_readings_are_stored(
+    client: Client, settings: Settings, owner_conn: Any, in_process_consumer: IngestRole
+) -> None:
+    owner = await register(client)
+    device = await claimed_device(client, settings, owner)
+    await publish(settings, device.telemetry_topic, readings(50, int(time.time() * 1000) - 60_000))
+    assert await wait_rows(owner_conn, device.device_id, 100, 10) == 100
+
+
+async def test_bad_messages_are_rejected_and_do_not_stop_the_stream(
+    client: Client, settings: Settings, owner_conn: Any, in_process_consumer: IngestRole
+) -> None:
+    alice, bob = await register(client), await register(client)
+    device = await claimed_device(client, settings, alice)
+    wrong_tenant = device.telemetry_topic.replace(device.tenant_id, str(bob.tenant_id))
+    host, port = broker_address(settings)
+    async with aiomqtt.Client(host, port, identifier="bad-publisher") as pub:
+        await pub.publish(device.telemetry_topic, b"{not json", qos=1)
+        await pub.publish(wrong_tenant, b'{"metrics": {"a": 1}}', qos=1)
+        await pub.publish(device.telemetry_topic, b'{"metrics": {"a": "x"}}', qos=1)
+        await pub.publish(device.telemetry_topic, b'{"metrics": {"ok": 1}}', qos=1)
+    assert await wait_rows(owner_conn, device.device_id, 1, 10) == 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        reasons = await rejects(owner_conn, device.device_id)
+        if len(reasons) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    assert sorted(reasons) == ["invalid_value", "malformed_json", "tenant_mismatch"]
+
+
+def consumer_settings(settings: Settings, **overrides: Any) -> Settings:
+    values = {
+        "metrics_port": free_port(),
+        "ingest_client_id": f"ingest-{time.time_ns()}",
+        **overrides,
+    }
+    return settings.model_copy(update=values)
+
+
+async def _device(client: Client, settings: Settings) -> DeviceCredentials:
+    return await claimed_device(client, settings, await register(client))
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_stream_loses_nothing_and_stores_once(
+    client: Client, settings: Settings, owner_conn: Any
+) -> None:
+    device = await _device(client, settings)
+    ingest = consumer_settings(settings, mqtt_shared_subscription=False)
+    consumer = start_iotcore(ingest, "ingest")
+    try:
+        await wait_ready(ingest.metrics_port)
+        killed = asyncio.Event()
+
+        async def kill_midway(index: int) -> None:
+            if index == 8000 and not killed.is_set():
+                killed.set()
+                os.kill(consumer.pid, signal.SIGKILL)
+
+        total = 20_000
+        await publish(
+            settings,
+            device.telemetry_topic,
+            readings(total, int(time.time() * 1000) - 3_600_000),
+            on_progress=kill_midway,
+        )
+        assert killed.is_set()
+        consumer.wait(5)
+        stored_at_kill = await count_rows(owner_conn, device.device_id)
+        assert stored_at_kill < 2 * total
+        consumer = start_iotcore(ingest, "ingest")
+        stored = await wait_rows(owner_conn, device.device_id, 2 * total, 120)
+        assert stored == 2 * total, read_log(consumer)
+        distinct = await owner_conn.fetchval(
+            "SELECT count(DISTINCT (metric, ts)) FROM telemetry WHERE device_id = $1",
+            device.device_id,
+        )
+        assert distinct == 2 * total
+    finally:
+        consumer.kill()
+        consumer.wait(5)
+
+
+@pytest.mark.slow
+async def test_postgres_outage_mid_stream_recovers_without_loss(
+    client: Client, settings: Settings, owner_conn: Any, database: str
+) -> None:
+    device = await _device(client, settings)
+    target = urlsplit(SERVICE_URL)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    url = with_database(SERVICE_URL, database).replace(
+        f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}"
+    )
+    ingest = consumer_settings(settings, database_url=url, mqtt_shared_subscription=False)
+    consumer = start_iotcore(ingest, "ingest")
+    try:
+        await wait_ready(ingest.metrics_port)
+        total = 5000
+        payloads = readings(total, int(time.time() * 1000) - 7_200_000)
+        await publish(settings, device.telemetry_topic, payloads[:2000])
+        await proxy.cut()
+        await publish(settings, device.telemetry_topic, payloads[2000:])
+        await asyncio.sleep(10)
+        await proxy.restore()
+        stored = await wait_rows(owner_conn, device.device_id, 2 * total, 90)
+        assert stored == 2 * total, read_log(consumer)
+    finally:
+        consumer.kill()
+        consumer.wait(5)
+        await proxy.close()
+
+
+@pytest.mark.slow
+async def test_two_consumers_in_one_share_group_store_everything_once(
+    client: Client, settings: Settings, owner_conn: Any
+) -> None:
+    device = await _device(client, settings)
+    group = f"g{time.time_ns()}"
+    first = consumer_settings(settings, mqtt_share_group=group)
+    second = consumer_settings(settings, mqtt_share_group=group)
+    consumers = [start_iotcore(first, "ingest"), start_iotcore(second, "ingest")]
+    try:
+        await wait_ready(first.metrics_port)
+        await wait_ready(second.metrics_port)
+        total = 5000
+        await publish(
+            settings, device.telemetry_topic, readings(total, int(time.time() * 1000) - 10_800_000)
+        )
+        assert await wait_rows(owner_conn, device.device_id, 2 * total, 60) == 2 * total
+    finally:
+        for consumer in consumers:
+            consumer.kill()
+            consumer.wait(5)
