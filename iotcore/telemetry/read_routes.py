@@ -1,13 +1,204 @@
-"""HTTP handlers for dashboards: raw, latest, aggregate, metric list, live stream."""
+"""HTTP handlers for dashboards: metric list, raw, latest, aggregate, live stream."""
 
 from __future__ import annotations
 
+from typing import Any
+from uuid import UUID
+
+import orjson
 from aiohttp import web
 
-from iotcore.platform.http import Endpoint
+from iotcore.auth.principal import UserPrincipal
+from iotcore.auth.service import require_user
+from iotcore.devices.service import parse_uuid
+from iotcore.platform.context import PLATFORM_KEY
+from iotcore.platform.errors import NotFound
+from iotcore.platform.http import Endpoint, json_response
+from iotcore.telemetry.read_schemas import (
+    Aggregate,
+    AggregateQuery,
+    Latest,
+    MetricList,
+    RawPage,
+    RawQuery,
+    StreamQuery,
+    StreamTicket,
+)
+from iotcore.telemetry.read_service import (
+    TELEMETRY_READER_KEY,
+    TelemetryReader,
+    time_range,
+)
+from iotcore.telemetry.stream import LIVE_STREAM_KEY, TICKET_TTL_S, LiveStream
 
-ENDPOINTS: list[Endpoint] = []
+TAG = "telemetry"
+
+
+def _device_id(request: web.Request) -> UUID:
+    device_id = parse_uuid(request.match_info["device_id"])
+    if device_id is None:
+        raise NotFound("No such device.")
+    return device_id
+
+
+def _reader(request: web.Request) -> TelemetryReader:
+    return request.app[TELEMETRY_READER_KEY]
+
+
+async def _with_etag(
+    request: web.Request, principal: UserPrincipal, past: bool, produce: Any
+) -> web.Response:
+    """Past windows get a strong ETag; a matching If-None-Match is answered from Redis
+    without reading the database again."""
+    reader = _reader(request)
+    if not past:
+        return json_response(await produce())
+    key = reader.etag_key(principal, request)
+    known = await reader.known_etag(key)
+    if known is not None and request.headers.get("If-None-Match") == known:
+        return web.Response(status=304, headers={"ETag": known})
+    body = orjson.dumps(await produce())
+    etag = await reader.remember_etag(key, body)
+    return web.Response(
+        body=body,
+        content_type="application/json",
+        headers={"ETag": etag, "Cache-Control": "private, max-age=60"},
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    principal = await require_user(request)
+    items = await _reader(request).metrics(principal, _device_id(request))
+    return json_response(MetricList.model_validate({"items": items}))
+
+
+async def raw(request: web.Request, query: RawQuery) -> web.Response:
+    principal = await require_user(request)
+    device_id = _device_id(request)
+    past = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
+    return await _with_etag(
+        request,
+        principal,
+        past.in_the_past,
+        lambda: _reader(request).raw(principal, device_id, query),
+    )
+
+
+async def latest(request: web.Request) -> web.Response:
+    principal = await require_user(request)
+    return json_response(await _reader(request).latest(principal, _device_id(request)))
+
+
+async def aggregate(request: web.Request, query: AggregateQuery) -> web.Response:
+    principal = await require_user(request)
+    device_id = _device_id(request)
+    past = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
+    return await _with_etag(
+        request,
+        principal,
+        past.in_the_past,
+        lambda: _reader(request).aggregate(principal, device_id, query),
+    )
+
+
+async def stream_ticket(request: web.Request) -> web.Response:
+    principal = await require_user(request)
+    ticket = await request.app[LIVE_STREAM_KEY].issue_ticket(principal)
+    return json_response(StreamTicket(ticket=ticket, expires_in=TICKET_TTL_S), status=201)
+
+
+async def stream(request: web.Request, query: StreamQuery) -> web.StreamResponse:
+    live = request.app[LIVE_STREAM_KEY]
+    if query.ticket:
+        principal = await live.redeem_ticket(query.ticket)
+    else:
+        principal = await require_user(request)
+    device_ids: set[str] = set()
+    reader = _reader(request)
+    for raw_id in query.device_id:
+        device_id = parse_uuid(raw_id)
+        if device_id is None:
+            raise NotFound("No such device.")
+        await reader.metrics(principal, device_id)  # 404 unless the device is the tenant's
+        device_ids.add(str(device_id))
+    last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
+    return await live.serve(request, principal, device_ids, last_event_id)
+
+
+DEVICE = "/api/v1/devices/{device_id}"
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "GET",
+        f"{DEVICE}/metrics",
+        metrics,
+        "Metrics of a device, with last values",
+        TAG,
+        responses={200: MetricList},
+        errors=(404,),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "GET",
+        f"{DEVICE}/telemetry",
+        raw,
+        "Raw readings, cursor-paginated",
+        TAG,
+        query=RawQuery,
+        responses={200: RawPage, 304: None},
+        errors=(404,),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "GET",
+        f"{DEVICE}/telemetry/latest",
+        latest,
+        "Latest value of each metric",
+        TAG,
+        responses={200: Latest},
+        errors=(404,),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "GET",
+        f"{DEVICE}/telemetry/aggregate",
+        aggregate,
+        "Aggregates per time bucket",
+        TAG,
+        query=AggregateQuery,
+        responses={200: Aggregate, 304: None},
+        errors=(404,),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/telemetry/stream/ticket",
+        stream_ticket,
+        "A short-lived single-use ticket for EventSource",
+        TAG,
+        responses={201: StreamTicket},
+        security=("bearer",),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/telemetry/stream",
+        stream,
+        "Live telemetry (Server-Sent Events)",
+        TAG,
+        query=StreamQuery,
+        response_content_type="text/event-stream",
+        errors=(404,),
+        security=("bearer", "stream_ticket"),
+    ),
+]
 
 
 def setup(app: web.Application) -> None:
-    """Create the read services on the app; nothing to create yet."""
+    platform = app[PLATFORM_KEY]
+    app[TELEMETRY_READER_KEY] = TelemetryReader(platform)
+    live = LiveStream(platform)
+    app[LIVE_STREAM_KEY] = live
+
+    async def close(app: web.Application) -> None:
+        await live.close()
+
+    app.on_cleanup.append(close)

@@ -1,0 +1,193 @@
+"""Dashboard reads: metric list, raw pages, latest values, aggregates; ETags for the past."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import orjson
+from aiohttp import web
+
+from iotcore.auth.principal import UserPrincipal
+from iotcore.platform.context import Platform
+from iotcore.platform.db import Connection
+from iotcore.platform.errors import NotFound, ValidationFailed
+from iotcore.platform.pagination import decode_cursor, encode_cursor
+from iotcore.platform.sql import queries
+from iotcore.platform.types import rfc3339_ms
+from iotcore.telemetry.read_schemas import (
+    AggregateQuery,
+    RawQuery,
+    Window,
+    parse_bucket,
+    parse_time,
+)
+
+log = logging.getLogger("iotcore.telemetry.read")
+SQL = queries("telemetry_read")
+DEFAULT_WINDOW = timedelta(hours=24)
+MAX_BUCKETS = 10_000
+ETAG_TTL_S = 300
+# A window is "wholly in the past" once its end is older than the accepted future skew of
+# incoming readings: nothing can still land in it except late replays.
+PAST_MARGIN = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    start: datetime
+    end: datetime
+
+    @property
+    def in_the_past(self) -> bool:
+        return self.end <= datetime.now(UTC) - PAST_MARGIN
+
+
+def time_range(window: Window, max_days: int) -> TimeRange:
+    end = parse_time(window.to) if window.to else datetime.now(UTC)
+    start = parse_time(window.from_) if window.from_ else end - DEFAULT_WINDOW
+    if start > end:
+        raise ValidationFailed.field("from", "must not be after to")
+    if end - start > timedelta(days=max_days):
+        raise ValidationFailed.field("from", f"the range may span at most {max_days} days")
+    return TimeRange(start, end)
+
+
+class TelemetryReader:
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+        self._db = platform.db
+        self._redis = platform.redis
+        self._max_days = platform.settings.telemetry_max_range_days
+
+    async def _visible(self, conn: Connection, device_id: UUID) -> None:
+        if await conn.fetchval(SQL["device_visible"], device_id) is None:
+            raise NotFound("No such device.")
+
+    async def metrics(self, principal: UserPrincipal, device_id: UUID) -> list[dict[str, Any]]:
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            await self._visible(conn, device_id)
+            rows = await conn.fetch(SQL["metrics"], device_id)
+        return [dict(r) for r in rows]
+
+    async def raw(
+        self, principal: UserPrincipal, device_id: UUID, query: RawQuery
+    ) -> dict[str, Any]:
+        span = time_range(query, self._max_days)
+        ascending = query.order == "asc"
+        if query.cursor:
+            position = decode_cursor(query.cursor, {"t", "m", "o"})
+            if position["o"] != query.order:
+                raise ValidationFailed.field("cursor", "belongs to the other order")
+            try:
+                after_ts, after_metric = datetime.fromisoformat(position["t"]), str(position["m"])
+            except (TypeError, ValueError) as exc:
+                raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc
+        elif ascending:
+            after_ts, after_metric = span.start - timedelta(microseconds=1), ""
+        else:
+            after_ts, after_metric = span.end, ""
+        name = ("raw_metric_" if query.metric else "raw_") + ("asc" if ascending else "desc")
+        args: list[Any] = [device_id, span.start, span.end, after_ts, after_metric, query.limit + 1]
+        if query.metric:
+            args.append(query.metric)
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            await self._visible(conn, device_id)
+            rows = await conn.fetch(SQL[name], *args)
+        items = [
+            {"metric": r["metric"], "ts": rfc3339_ms(r["ts"]), "value": r["value"]}
+            for r in rows[: query.limit]
+        ]
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = rows[query.limit - 1]
+            next_cursor = encode_cursor(
+                {"t": last["ts"].isoformat(), "m": last["metric"], "o": query.order}
+            )
+        return {"items": items, "next_cursor": next_cursor}
+
+    async def latest(self, principal: UserPrincipal, device_id: UUID) -> dict[str, Any]:
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            await self._visible(conn, device_id)
+            cached = await self._cached_latest(device_id)
+            if cached is None:
+                rows = await conn.fetch(SQL["metrics"], device_id)
+                metrics = {
+                    r["metric"]: {"ts": rfc3339_ms(r["last_ts"]), "value": r["last_value"]}
+                    for r in rows
+                }
+            else:
+                metrics = cached
+        return {"device_id": str(device_id), "metrics": metrics}
+
+    async def _cached_latest(self, device_id: UUID) -> dict[str, Any] | None:
+        """The writer's hash; None (use the database) when it is empty or Redis is down."""
+        try:
+            raw = await self._redis.client.hgetall(self._redis.key("latest", str(device_id)))
+        except Exception:
+            log.warning("latest values cache unavailable; reading the database")
+            return None
+        if not raw:
+            return None
+        metrics = {}
+        for name, value in raw.items():
+            ts_ms, number = orjson.loads(value)
+            metrics[name.decode() if isinstance(name, bytes) else name] = {
+                "ts": rfc3339_ms(datetime.fromtimestamp(ts_ms / 1000, UTC)),
+                "value": number,
+            }
+        return dict(sorted(metrics.items()))
+
+    async def aggregate(
+        self, principal: UserPrincipal, device_id: UUID, query: AggregateQuery
+    ) -> dict[str, Any]:
+        span = time_range(query, self._max_days)
+        bucket = parse_bucket(query.bucket)
+        if (span.end - span.start) / bucket > MAX_BUCKETS:
+            raise ValidationFailed.field(
+                "bucket", f"more than {MAX_BUCKETS} buckets: widen the bucket or narrow the range"
+            )
+        functions = query.fn.split(",")
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            await self._visible(conn, device_id)
+            rows = await conn.fetch(
+                SQL["aggregate"], device_id, query.metric, bucket, span.start, span.end
+            )
+        items = []
+        for row in rows:
+            item: dict[str, Any] = {"ts": rfc3339_ms(row["bucket"])}
+            for fn in functions:
+                item[fn] = row[fn]
+            items.append(item)
+        return {"metric": query.metric, "bucket": query.bucket, "items": items}
+
+    # ------------------------------------------------------------------ ETags
+
+    def etag_key(self, principal: UserPrincipal, request: web.Request) -> str:
+        query = "&".join(f"{k}={v}" for k, v in sorted(request.query.items()))
+        digest = hashlib.sha256(f"{request.path}?{query}".encode()).hexdigest()[:32]
+        return self._redis.key("etag", str(principal.tenant_id), digest)
+
+    async def known_etag(self, key: str) -> str | None:
+        try:
+            value = await self._redis.client.get(key)
+        except Exception:
+            return None
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def remember_etag(self, key: str, body: bytes) -> str:
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        try:
+            await self._redis.client.set(key, etag, ex=ETAG_TTL_S)
+        except Exception:
+            log.warning("could not cache an ETag")
+        return etag
+
+
+TELEMETRY_READER_KEY = web.AppKey("telemetry_reader", TelemetryReader)

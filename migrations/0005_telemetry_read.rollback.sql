@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS telemetry_device_ts;
