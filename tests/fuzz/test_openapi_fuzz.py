@@ -109,8 +109,6 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(
         # Server-Sent Events never end; tests/dashboards covers the stream.
         "--exclude-path-regex",
         "^/api/v1/telemetry/stream$",
-        "--exclude-path-regex",
-        "^/api/v1/telemetry/stream$",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
