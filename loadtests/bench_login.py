@@ -47,10 +47,13 @@ async def one_run(base: str, seconds: float, in_flight: int) -> tuple[LoadResult
     password = "benchmark-password-" + uuid.uuid4().hex[:8]
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.post(
-        base + "/api/v1/auth/register",
-        json={"email": email, "password": password, "tenant_name": "Bench"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            base + "/api/v1/auth/register",
+            json={"email": email, "password": password, "tenant_name": "Bench"},
+        ) as response,
+    ):
         assert response.status == 201, await response.text()
     body = json.dumps({"email": email, "password": password}).encode()
     headers = {"Content-Type": "application/json"}

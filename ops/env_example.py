@@ -1,6 +1,6 @@
 """Write .env.example from the settings model: every IOT_* variable with its default.
 
-    .venv/bin/python ops/env_example.py > .env.example
+.venv/bin/python ops/env_example.py > .env.example
 """
 
 from __future__ import annotations
