@@ -119,14 +119,14 @@ class Settings(BaseSettings):
     rate_limit_tenant_per_s: float = Field(default=2000, gt=0)
     rate_limit_tenant_burst: float = Field(default=5000, ge=1)
     writer_batch_rows: int = Field(default=5000, ge=1)
-    writer_batch_age_ms: int = Field(default=50, ge=1)
+    writer_batch_age_ms: int = Field(default=0, ge=0)
     writer_queue_rows: int = Field(default=100_000, ge=1)
     http_write_timeout_s: float = Field(default=10, gt=0)
     reject_retention_days: int = Field(default=7, ge=1)
     partitions_ahead_days: int = Field(default=7, ge=1)
     ingest_client_id: str = "iotcore-ingest-1"
     ingest_session_expiry_s: int = Field(default=12 * 3600, ge=0)
-    ingest_receive_maximum: int = Field(default=20_000, ge=1, le=65535)
+    ingest_receive_maximum: int = Field(default=5_000, ge=1, le=65535)
     mqtt_protocol_v5: bool = True
 
     @field_validator("database_read_url", mode="before")

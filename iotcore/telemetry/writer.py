@@ -158,15 +158,17 @@ class TelemetryWriter:
         if first is _STOP:
             return [], True
         batch, rows = [first], first.rows
+        # Group commit: take what is queued now; while this batch is written the next one
+        # gathers by itself, so batches grow with load and an idle writer adds no delay.
+        # An optional linger (IOT_WRITER_BATCH_AGE_MS) waits for more when the queue is dry.
         deadline = time.monotonic() + self._batch_age_s
         while rows < self._batch_rows:
             remaining = deadline - time.monotonic()
             try:
-                item = (
-                    self._queue.get_nowait()
-                    if remaining <= 0
-                    else await asyncio.wait_for(self._queue.get(), remaining)
-                )
+                if not self._queue.empty() or remaining <= 0:
+                    item = self._queue.get_nowait()
+                else:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
             except (TimeoutError, asyncio.QueueEmpty):
                 break
             if item is _STOP:
