@@ -19,6 +19,7 @@ from iotcore.devices import client as device_client
 from iotcore.platform.context import Platform
 from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
+from iotcore.telemetry import simulate
 
 log = logging.getLogger("iotcore.cli")
 
@@ -174,6 +175,7 @@ ASYNC_ROLES: dict[str, AsyncRole] = {
     "broker": run_broker,
     "maintain": run_maintain,
     "run": run_all,
+    "simulate": simulate.run_simulation,
 }
 
 
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("status", help="list migrations, applied or pending")
     actions.add_parser("check", help="fail on misnumbered migrations or missing rollbacks")
     device_client.add_parsers(roles)
+    simulate.add_parser(roles)
     return parser
 
 
