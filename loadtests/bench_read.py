@@ -93,8 +93,8 @@ async def main_async(args: argparse.Namespace) -> None:
         devices = await seed(tenant_id)
         rng = random.Random(7)
         now = datetime.now(UTC)
-        day_ago = (now - timedelta(hours=24)).isoformat()
-        week_ago = (now - timedelta(days=7)).isoformat()
+        day_ago = str(int((now - timedelta(hours=24)).timestamp() * 1000))
+        week_ago = str(int((now - timedelta(days=7)).timestamp() * 1000))
 
         def device() -> str:
             return devices[rng.randrange(len(devices))]
@@ -126,7 +126,7 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             verdict = ""
             if name in targets:
-                ok = result.percentile(95) <= targets[name]
+                ok = result.percentile(95) <= targets[name] and set(result.statuses) == {200}
                 verdict = f"  target p95 <= {targets[name]} ms -> {'PASS' if ok else 'FAIL'}"
             print(result.line() + verdict, flush=True)
     finally:

@@ -55,6 +55,9 @@ class Database:
             timeout=self._settings.database_timeout_s,
             command_timeout=self._settings.database_timeout_s * 6,
             init=_init_connection,
+            # Generic plans cannot prune partitions by a parameter's value and were seen to
+            # turn millisecond reads into seconds; plan each execution for its parameters.
+            server_settings={"plan_cache_mode": "force_custom_plan"},
             max_inactive_connection_lifetime=60,
         )
 

@@ -114,15 +114,30 @@ class TelemetryReader:
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             await self._visible(conn, device_id)
             cached = await self._cached_latest(device_id)
-            if cached is None:
-                rows = await conn.fetch(SQL["metrics"], device_id)
-                metrics = {
-                    r["metric"]: {"ts": rfc3339_ms(r["last_ts"]), "value": r["last_value"]}
-                    for r in rows
-                }
-            else:
-                metrics = cached
+            if cached is not None:
+                return {"device_id": str(device_id), "metrics": cached}
+            rows = await conn.fetch(SQL["metrics"], device_id)
+        metrics = {
+            r["metric"]: {"ts": rfc3339_ms(r["last_ts"]), "value": r["last_value"]} for r in rows
+        }
+        await self._refill_latest(device_id, rows)
         return {"device_id": str(device_id), "metrics": metrics}
+
+    async def _refill_latest(self, device_id: UUID, rows: list[Any]) -> None:
+        """Cache-aside: the database answer fills the hash the writer keeps, so a cold or
+        flushed cache costs one database read per device, not one per request. HSETNX keeps
+        any newer value the writer stored meanwhile."""
+        if not rows:
+            return
+        key = self._redis.key("latest", str(device_id))
+        try:
+            pipe = self._redis.client.pipeline(transaction=False)
+            for r in rows:
+                ts_ms = int(r["last_ts"].timestamp() * 1000)
+                pipe.hsetnx(key, r["metric"], orjson.dumps([ts_ms, r["last_value"]]))
+            await pipe.execute()
+        except Exception:
+            log.warning("could not refill the latest values cache")
 
     async def _cached_latest(self, device_id: UUID) -> dict[str, Any] | None:
         """The writer's hash; None (use the database) when it is empty or Redis is down."""

@@ -214,6 +214,8 @@ async def test_latest_from_cache_and_after_a_flush(
         await client.get(url(device, "/telemetry/latest"), headers=owner.headers)
     ).json()
     assert fallback == cached
+    refilled = await platform.redis.client.hgetall(platform.redis.key("latest", device.device_id))
+    assert set(refilled) == {b"v"}, "the database answer refills the cache"
 
 
 async def test_another_tenants_device_is_404_on_every_read(client: Client, seeded: Any) -> None:
