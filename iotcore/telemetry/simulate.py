@@ -35,10 +35,10 @@ async def _json(response: aiohttp.ClientResponse, expected: tuple[int, ...]) -> 
 
 
 async def setup_devices(
-    settings: Settings, api: str, count: int
+    settings: Settings, api: str, count: int, email: str | None = None, password: str | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
-    email = f"simulator-{uuid.uuid4().hex[:8]}@example.com"
-    password = "simulator-" + uuid.uuid4().hex
+    email = email or f"simulator-{uuid.uuid4().hex[:8]}@example.com"
+    password = password or "simulator-" + uuid.uuid4().hex
     key_id = settings.manufacturing_signing_key_id
     key = settings.manufacturing_key_ring[key_id]
     async with aiohttp.ClientSession(api) as session:
@@ -106,7 +106,9 @@ async def run_device(broker: str, device: dict[str, Any], rate: float, until: fl
 
 
 async def run_simulation(settings: Settings, args: argparse.Namespace) -> None:
-    email, devices = await setup_devices(settings, args.api, args.devices)
+    email, devices = await setup_devices(
+        settings, args.api, args.devices, args.email, args.password
+    )
     broker = args.broker or f"mqtt://{settings.broker_host}:{settings.broker_port}"
     print(
         f"simulating {len(devices)} devices of tenant user {email} on {broker} "
@@ -125,3 +127,5 @@ def add_parser(roles: Any) -> None:
     simulate.add_argument("--devices", type=int, default=10)
     simulate.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
     simulate.add_argument("--duration", type=float, default=60)
+    simulate.add_argument("--email", default=None, help="log-in of the tenant it creates")
+    simulate.add_argument("--password", default=None, help="its password (10+ characters)")
