@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -24,29 +20,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures import claimed_devices, tenant
-from httpload import LoadResult, run_load, start_hello_world, wait_http
+from httpload import LoadResult, free_port, run_load, start_api, start_hello_world
 
 HOOK_TOKEN = "dev-only-mqtt-hook-token-change-me-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_api(port: int) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        IOT_HTTP_PORT=str(port),
-        IOT_LOG_LEVEL="WARNING",
-        IOT_REGISTER_MAX_PER_IP="100000",
-        IOT_REDIS_PREFIX=f"bench:{uuid.uuid4().hex[:8]}:",
-        IOT_DEVICE_CACHE_TTL_S="60",
-    )
-    process = subprocess.Popen([sys.executable, "-m", "iotcore.cli", "api"], env=env)
-    wait_http(f"http://127.0.0.1:{port}/api/v1/health/live")
-    return process
 
 
 def median(results: list[LoadResult]) -> LoadResult:
@@ -55,7 +31,8 @@ def median(results: list[LoadResult]) -> LoadResult:
 
 async def main_async(args: argparse.Namespace) -> None:
     api_port, hello_port = free_port(), free_port()
-    api, hello = start_api(api_port), start_hello_world(hello_port)
+    api = start_api(api_port, IOT_DEVICE_CACHE_TTL_S="60")
+    hello = start_hello_world(hello_port)
     base = f"http://127.0.0.1:{api_port}"
     try:
         async with aiohttp.ClientSession() as session:

@@ -10,35 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from httpload import LoadResult, run_load, start_hello_world, wait_http
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_api(port: int) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ, IOT_HTTP_PORT=str(port), IOT_HTTP_HOST="127.0.0.1", IOT_LOG_LEVEL="WARNING"
-    )
-    env.setdefault(
-        "IOT_DATABASE_URL", "postgresql://iotcore_service:iotcore-dev@127.0.0.1:5432/iotcore"
-    )
-    env.setdefault(
-        "IOT_DATABASE_OWNER_URL", "postgresql://iotcore_owner:iotcore-dev@127.0.0.1:5432/iotcore"
-    )
-    process = subprocess.Popen([sys.executable, "-m", "iotcore.cli", "api"], env=env)
-    wait_http(f"http://127.0.0.1:{port}/api/v1/health/live")
-    return process
+from httpload import LoadResult, free_port, run_load, start_api, start_hello_world
 
 
 async def measure(args: argparse.Namespace) -> None:

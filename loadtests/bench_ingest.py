@@ -27,9 +27,8 @@ import aiomqtt
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_authn import free_port, start_api
 from fixtures import claimed_devices, tenant
-from httpload import run_load, start_hello_world
+from httpload import free_port, run_load, start_api, start_hello_world
 
 HERE = Path(__file__).resolve().parent
 OWNER_URL = os.environ.get(

@@ -12,34 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from httpload import LoadResult, run_load, wait_http
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_api(port: int) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        IOT_HTTP_PORT=str(port),
-        IOT_LOG_LEVEL="WARNING",
-        IOT_REGISTER_MAX_PER_IP="100000",
-        IOT_REDIS_PREFIX=f"bench:{uuid.uuid4().hex[:8]}:",
-    )
-    process = subprocess.Popen([sys.executable, "-m", "iotcore.cli", "api"], env=env)
-    wait_http(f"http://127.0.0.1:{port}/api/v1/health/live")
-    return process
+from httpload import LoadResult, free_port, run_load, start_api
 
 
 async def one_run(base: str, seconds: float, in_flight: int) -> tuple[LoadResult, LoadResult]:

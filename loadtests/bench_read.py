@@ -25,9 +25,8 @@ import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_authn import free_port, start_api
 from fixtures import tenant
-from httpload import run_load
+from httpload import free_port, run_load, start_api
 
 from iotcore.platform.migrations import Migrator
 

@@ -7,11 +7,14 @@ Each of `concurrency` workers sends one request, waits for the answer, sends the
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,3 +111,32 @@ def start_hello_world(port: int, uvloop: bool = True) -> subprocess.Popen[bytes]
 
 def median_of(results: list[LoadResult], attribute: Callable[[LoadResult], Any]) -> float:
     return float(statistics.median(attribute(r) for r in results))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_api(port: int, **env: str) -> subprocess.Popen[bytes]:
+    """One `iotcore api` process for a benchmark: quiet logs, its own Redis prefix, no
+    registration throttle (every benchmark client is 127.0.0.1), local database defaults."""
+    settings = {
+        "IOT_HTTP_HOST": "127.0.0.1",
+        "IOT_HTTP_PORT": str(port),
+        "IOT_LOG_LEVEL": "WARNING",
+        "IOT_REGISTER_MAX_PER_IP": "100000",
+        "IOT_REDIS_PREFIX": f"bench:{uuid.uuid4().hex[:8]}:",
+        **env,
+    }
+    full = dict(os.environ, **settings)
+    full.setdefault(
+        "IOT_DATABASE_URL", "postgresql://iotcore_service:iotcore-dev@127.0.0.1:5432/iotcore"
+    )
+    full.setdefault(
+        "IOT_DATABASE_OWNER_URL", "postgresql://iotcore_owner:iotcore-dev@127.0.0.1:5432/iotcore"
+    )
+    process = subprocess.Popen([sys.executable, "-m", "iotcore.cli", "api"], env=full)
+    wait_http(f"http://127.0.0.1:{port}/api/v1/health/live")
+    return process

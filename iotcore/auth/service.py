@@ -81,17 +81,7 @@ class AuthService:
     async def _token_response(self, conn: Connection, principal: UserPrincipal) -> TokenResponse:
         access, refresh, expires_in = await self._token_pair(conn, principal)
         row = await conn.fetchrow(SQL["get_user"], principal.user_id)
-        return TokenResponse(
-            user=UserOut(**{k: row[k] for k in UserOut.model_fields}),
-            tenant=TenantOut(
-                tenant_id=row["tenant_id"],
-                name=row["tenant_name"],
-                created_at=row["tenant_created_at"],
-            ),
-            access_token=access,
-            refresh_token=refresh,
-            expires_in=expires_in,
-        )
+        return _token_response(row, access, refresh, expires_in)
 
     async def register(
         self, email: str, password: str, tenant_name: str, caller: Caller
@@ -183,19 +173,9 @@ class AuthService:
             raise Unauthenticated("The refresh token is not valid.", code="invalid_credentials")
         principal = UserPrincipal(row["user_id"], row["tenant_id"], row["role"])
         access = self.keys.issue(principal)
-        async with self._db.tenant_transaction(principal.tenant_id, read=False) as conn:
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             user = await conn.fetchrow(SQL["get_user"], principal.user_id)
-        return TokenResponse(
-            user=UserOut(**{k: user[k] for k in UserOut.model_fields}),
-            tenant=TenantOut(
-                tenant_id=user["tenant_id"],
-                name=user["tenant_name"],
-                created_at=user["tenant_created_at"],
-            ),
-            access_token=access.token,
-            refresh_token=new_token,
-            expires_in=access.expires_in,
-        )
+        return _token_response(user, access.token, new_token, access.expires_in)
 
     async def logout(self, refresh_token: str, caller: Caller) -> None:
         async with self._db.transaction() as conn:
@@ -209,14 +189,7 @@ class AuthService:
             row = await conn.fetchrow(SQL["get_user"], principal.user_id)
         if row is None:
             raise Unauthenticated("This user no longer exists.")
-        return (
-            UserOut(**{k: row[k] for k in UserOut.model_fields}),
-            TenantOut(
-                tenant_id=row["tenant_id"],
-                name=row["tenant_name"],
-                created_at=row["tenant_created_at"],
-            ),
-        )
+        return _user_and_tenant(row)
 
     async def create_user(
         self, principal: UserPrincipal, email: str, password: str, role: Role, caller: Caller
@@ -256,6 +229,22 @@ class AuthService:
 
     async def close(self) -> None:
         self.passwords.close()
+
+
+def _user_and_tenant(row: Any) -> tuple[UserOut, TenantOut]:
+    """A `get_user` row as the user and tenant of API responses."""
+    user = UserOut(**{k: row[k] for k in UserOut.model_fields})
+    tenant = TenantOut(
+        tenant_id=row["tenant_id"], name=row["tenant_name"], created_at=row["tenant_created_at"]
+    )
+    return user, tenant
+
+
+def _token_response(row: Any, access: str, refresh: str, expires_in: int) -> TokenResponse:
+    user, tenant = _user_and_tenant(row)
+    return TokenResponse(
+        user=user, tenant=tenant, access_token=access, refresh_token=refresh, expires_in=expires_in
+    )
 
 
 AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)
