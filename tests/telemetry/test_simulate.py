@@ -45,6 +45,8 @@ async def test_simulated_devices_publish_through_the_embedded_broker(
             devices=3,
             rate=5.0,
             duration=1.0,
+            email=None,
+            password=None,
         )
         await run_simulation(settings, args)
         await asyncio.sleep(1)
