@@ -65,6 +65,11 @@ async def seed(tenant_id: str) -> list[str]:
                 start,
                 end,
             )
+        # What the writer keeps alongside the readings (the seed bypasses the writer).
+        await conn.execute(
+            "INSERT INTO telemetry_latest SELECT DISTINCT ON (device_id, metric) tenant_id, "
+            "device_id, metric, ts, value FROM telemetry ORDER BY device_id, metric, ts DESC"
+        )
         await conn.execute("ANALYZE telemetry")
         count = await conn.fetchval("SELECT count(*) FROM telemetry")
         print(f"seeded {count:,} rows in {time.perf_counter() - started:.0f} s")

@@ -13,6 +13,16 @@ WITH rows AS (
 )
 SELECT device_id, metric, ts FROM rows
 
+-- name: upsert_latest
+-- One row per (device, metric) in the arrays (the writer keeps the newest of its batch);
+-- an older reading never replaces a newer one.
+INSERT INTO telemetry_latest AS l (tenant_id, device_id, metric, ts, value)
+SELECT app_tenant_id(), r.device_id, r.metric, r.ts, r.value
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[])
+     AS r(device_id, metric, ts, value)
+ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+WHERE l.ts < EXCLUDED.ts
+
 -- name: insert_rejects
 INSERT INTO ingest_rejects (tenant_id, device_id, topic, reason, excerpt, received_at)
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],

@@ -5,24 +5,11 @@
 SELECT 1 FROM devices WHERE device_id = $1
 
 -- name: metrics
--- Distinct metrics of a device by skip scan over (device_id, metric, ts), then the last
--- point of each: a handful of index probes, however many rows the device has.
-WITH RECURSIVE names AS (
-    (SELECT metric FROM telemetry_v WHERE device_id = $1 ORDER BY metric LIMIT 1)
-    UNION ALL
-    SELECT (SELECT t.metric FROM telemetry_v t
-            WHERE t.device_id = $1 AND t.metric > names.metric ORDER BY t.metric LIMIT 1)
-    FROM names WHERE names.metric IS NOT NULL
-)
-SELECT names.metric, last.ts AS last_ts, last.value AS last_value
-FROM names
-CROSS JOIN LATERAL (
-    SELECT ts, value FROM telemetry_v t
-    WHERE t.device_id = $1 AND t.metric = names.metric
-    ORDER BY ts DESC LIMIT 1
-) AS last
-WHERE names.metric IS NOT NULL
-ORDER BY names.metric
+-- Kept by the writer (migrations/0006): primary-key reads, however many rows the device has.
+SELECT metric, ts AS last_ts, value AS last_value
+FROM telemetry_latest
+WHERE device_id = $1
+ORDER BY metric
 
 -- The four raw page shapes. The keyset (ts, metric) always has a value (the window edge on
 -- the first page), so each query has one plan that walks an index.

@@ -254,6 +254,18 @@ class TelemetryWriter:
                 )
                 for row in inserted:
                     stored[seen[(row["device_id"], row["metric"], row["ts"])]] += 1
+                newest: dict[tuple[UUID, str], tuple[datetime, float]] = {}
+                for _, device_id, metric, ts, value in rows:
+                    known = newest.get((device_id, metric))
+                    if known is None or ts > known[0]:
+                        newest[(device_id, metric)] = (ts, value)
+                await conn.execute(
+                    SQL["upsert_latest"],
+                    [k[0] for k in newest],
+                    [k[1] for k in newest],
+                    [v[0] for v in newest.values()],
+                    [v[1] for v in newest.values()],
+                )
                 last_seen: dict[UUID, datetime] = {}
                 for _, device_id, _, ts, _ in rows:
                     if device_id not in last_seen or ts > last_seen[device_id]:

@@ -23,9 +23,22 @@ BASE = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # a Monday, wholly in the past
 async def insert(
     owner_conn: Any, tenant: Any, device: str, metric: str, points: list[tuple[datetime, float]]
 ) -> None:
+    """Rows as the writer stores them: the readings, and the last one in telemetry_latest."""
+    tenant_id, device_id = uuid.UUID(str(tenant)), uuid.UUID(device)
     await owner_conn.executemany(
         "INSERT INTO telemetry VALUES ($1, $2, $3, $4, $5)",
-        [(uuid.UUID(str(tenant)), uuid.UUID(device), metric, ts, v) for ts, v in points],
+        [(tenant_id, device_id, metric, ts, v) for ts, v in points],
+    )
+    ts, value = max(points)
+    await owner_conn.execute(
+        "INSERT INTO telemetry_latest VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value "
+        "WHERE telemetry_latest.ts < EXCLUDED.ts",
+        tenant_id,
+        device_id,
+        metric,
+        ts,
+        value,
     )
 
 

@@ -39,6 +39,19 @@ async def test_view_shows_only_the_tenant_set(owner_conn: Any, service_conn: Any
     assert count == 0, "no tenant set: nothing visible"
 
 
+async def test_latest_table_is_isolated_by_rls(owner_conn: Any, service_conn: Any) -> None:
+    rows = [(t, uuid.uuid4(), "m", datetime.now(UTC), 1.0) for t in (A, B)]
+    await owner_conn.executemany("INSERT INTO telemetry_latest VALUES ($1,$2,$3,$4,$5)", rows)
+    async with service_conn.transaction():
+        await service_conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(A))
+        seen = {r[0] for r in await service_conn.fetch("SELECT tenant_id FROM telemetry_latest")}
+        assert seen == {A}
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await service_conn.execute(
+                "INSERT INTO telemetry_latest VALUES ($1, $2, 'm', now(), 1)", B, uuid.uuid4()
+            )
+
+
 async def test_insert_for_another_tenant_through_the_view_fails(service_conn: Any) -> None:
     with pytest.raises(asyncpg.exceptions.WithCheckOptionViolationError):
         async with service_conn.transaction():
