@@ -14,6 +14,8 @@ CREATE ROLE iotcore_owner LOGIN CREATEDB CREATEROLE PASSWORD 'iotcore-dev';
 CREATE ROLE iotcore_app NOLOGIN NOBYPASSRLS;
 CREATE ROLE iotcore_service LOGIN NOBYPASSRLS PASSWORD 'iotcore-dev';
 GRANT iotcore_app TO iotcore_service;
+CREATE ROLE iotcore_backup LOGIN BYPASSRLS PASSWORD 'iotcore-dev';
+GRANT pg_read_all_data TO iotcore_backup;
 """
 
 
