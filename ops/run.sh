@@ -17,9 +17,8 @@ fi
 export IOT_BROKER_PORT
 export IOT_BROKER_HOST="${IOT_BROKER_HOST:-127.0.0.1}"
 export IOT_MQTT_URL="${IOT_MQTT_URL:-mqtt://127.0.0.1:$IOT_BROKER_PORT}"
-# The embedded broker (amqtt) speaks MQTT 3.1.1 and has no shared subscriptions.
+# The embedded broker (amqtt) has no shared subscriptions.
 export IOT_MQTT_SHARED_SUBSCRIPTION="${IOT_MQTT_SHARED_SUBSCRIPTION:-false}"
-export IOT_MQTT_PROTOCOL_V5="${IOT_MQTT_PROTOCOL_V5:-false}"
 
 cd "$REPO_ROOT"
 iotcore migrate up
