@@ -60,7 +60,7 @@ def crockford_base32(data: bytes, symbols: int) -> str:
 
 
 def claim_code(manufacturing_key: str, serial_number: str) -> str:
-    """Printed on the device: XXXXX-XXXXX."""
+    """Printed on the device as two groups of five symbols, e.g. 7K3QD-W9M2A."""
     digest = hmac.new(
         manufacturing_key.encode(), f"claim:{serial_number}".encode(), hashlib.sha256
     ).digest()
