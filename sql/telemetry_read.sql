@@ -1,8 +1,11 @@
 -- Dashboard reads. Every query runs in a transaction with app.tenant_id set, through
--- telemetry_v and the RLS-protected devices table.
-
--- name: device_visible
-SELECT 1 FROM devices WHERE device_id = $1
+-- telemetry_v (and telemetry_hourly_v on TimescaleDB) and the RLS-protected tables.
+--
+-- Raw pages and aggregates come back as JSON text built here, one row or bucket per line
+-- ("j"), spliced into the response as is: formatting a thousand timestamps and objects in
+-- Python cost more than the query itself. The formatting is done above the LIMIT, on the rows
+-- that are returned only. Values are finite doubles (the payload rules refuse NaN and
+-- infinities), whose text form is valid JSON.
 
 -- name: metrics
 -- Kept by the writer (migrations/0006): primary-key reads, however many rows the device has.
@@ -12,41 +15,113 @@ WHERE device_id = $1
 ORDER BY metric
 
 -- The four raw page shapes. The keyset (ts, metric) always has a value (the window edge on
--- the first page), so each query has one plan that walks an index.
+-- the first page), so each query has one plan, an index-only scan of telemetry_device_ts.
 
 -- name: raw_asc
-SELECT metric, ts, value FROM telemetry_v
-WHERE device_id = $1 AND ts >= $2 AND ts < $3 AND (ts, metric) > ($4::timestamptz, $5::text)
+SELECT ts, metric,
+       '{"metric":' || to_json(metric)::text
+       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+       || '","value":' || value::text || '}' AS j
+FROM (
+    SELECT metric, ts, value FROM telemetry_v
+    WHERE device_id = $1 AND ts >= $2 AND ts < $3 AND (ts, metric) > ($4::timestamptz, $5::text)
+    ORDER BY ts, metric
+    LIMIT $6
+) page
 ORDER BY ts, metric
-LIMIT $6
 
 -- name: raw_desc
-SELECT metric, ts, value FROM telemetry_v
-WHERE device_id = $1 AND ts >= $2 AND ts < $3 AND (ts, metric) < ($4::timestamptz, $5::text)
+SELECT ts, metric,
+       '{"metric":' || to_json(metric)::text
+       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+       || '","value":' || value::text || '}' AS j
+FROM (
+    SELECT metric, ts, value FROM telemetry_v
+    WHERE device_id = $1 AND ts >= $2 AND ts < $3 AND (ts, metric) < ($4::timestamptz, $5::text)
+    ORDER BY ts DESC, metric DESC
+    LIMIT $6
+) page
 ORDER BY ts DESC, metric DESC
-LIMIT $6
 
 -- name: raw_metric_asc
-SELECT metric, ts, value FROM telemetry_v
-WHERE device_id = $1 AND metric = $7 AND ts >= $2 AND ts < $3
-  AND (ts, metric) > ($4::timestamptz, $5::text)
+SELECT ts, metric,
+       '{"metric":' || to_json(metric)::text
+       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+       || '","value":' || value::text || '}' AS j
+FROM (
+    SELECT metric, ts, value FROM telemetry_v
+    WHERE device_id = $1 AND metric = $7 AND ts >= $2 AND ts < $3
+      AND (ts, metric) > ($4::timestamptz, $5::text)
+    ORDER BY ts, metric
+    LIMIT $6
+) page
 ORDER BY ts, metric
-LIMIT $6
 
 -- name: raw_metric_desc
-SELECT metric, ts, value FROM telemetry_v
-WHERE device_id = $1 AND metric = $7 AND ts >= $2 AND ts < $3
-  AND (ts, metric) < ($4::timestamptz, $5::text)
+SELECT ts, metric,
+       '{"metric":' || to_json(metric)::text
+       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+       || '","value":' || value::text || '}' AS j
+FROM (
+    SELECT metric, ts, value FROM telemetry_v
+    WHERE device_id = $1 AND metric = $7 AND ts >= $2 AND ts < $3
+      AND (ts, metric) < ($4::timestamptz, $5::text)
+    ORDER BY ts DESC, metric DESC
+    LIMIT $6
+) page
 ORDER BY ts DESC, metric DESC
-LIMIT $6
 
 -- name: aggregate
 -- date_bin, not time_bucket: plain SQL on both storages; origin 2000-01-03 (a Monday) so
--- that week buckets match TimescaleDB's.
-SELECT date_bin($3::interval, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-       avg(value) AS avg, min(value) AS min, max(value) AS max, sum(value) AS sum,
-       count(*) AS count
-FROM telemetry_v
-WHERE device_id = $1 AND metric = $2 AND ts >= $4 AND ts < $5
-GROUP BY bucket
+-- that week buckets match TimescaleDB's. $6..$10: whether avg, min, max, sum, count are
+-- asked for.
+SELECT '{"ts":"' || to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || '"'
+       || CASE WHEN $6 THEN ',"avg":' || avg::text ELSE '' END
+       || CASE WHEN $7 THEN ',"min":' || min::text ELSE '' END
+       || CASE WHEN $8 THEN ',"max":' || max::text ELSE '' END
+       || CASE WHEN $9 THEN ',"sum":' || sum::text ELSE '' END
+       || CASE WHEN $10 THEN ',"count":' || count::text ELSE '' END
+       || '}' AS j
+FROM (
+    SELECT date_bin($3::interval, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
+           avg(value) AS avg, min(value) AS min, max(value) AS max, sum(value) AS sum,
+           count(*) AS count
+    FROM telemetry_v
+    WHERE device_id = $1 AND metric = $2 AND ts >= $4 AND ts < $5
+    GROUP BY bucket
+) buckets
+ORDER BY bucket
+
+-- name: hourly_available
+-- The hourly continuous aggregate's view exists only on TimescaleDB (migration 0005).
+SELECT to_regclass('telemetry_hourly_v') IS NOT NULL
+
+-- name: aggregate_hourly
+-- Buckets of whole hours on TimescaleDB: the whole hours of the window from the hourly
+-- continuous aggregate (real-time, so the newest hours come from the raw rows), the partial
+-- hours at either edge ([$4, $11) and [$12, $5)) from the raw rows, rolled up into the
+-- requested bucket. Only when $11 <= $12 (the window spans at least one whole hour).
+SELECT '{"ts":"' || to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || '"'
+       || CASE WHEN $6 THEN ',"avg":' || (sum / count)::text ELSE '' END
+       || CASE WHEN $7 THEN ',"min":' || min::text ELSE '' END
+       || CASE WHEN $8 THEN ',"max":' || max::text ELSE '' END
+       || CASE WHEN $9 THEN ',"sum":' || sum::text ELSE '' END
+       || CASE WHEN $10 THEN ',"count":' || count::text ELSE '' END
+       || '}' AS j
+FROM (
+    SELECT date_bin($3::interval, hour, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
+           sum(sum) AS sum, sum(count)::bigint AS count, min(min) AS min, max(max) AS max
+    FROM (
+        SELECT bucket AS hour, sum, count, min, max FROM telemetry_hourly_v
+        WHERE device_id = $1 AND metric = $2 AND bucket >= $11 AND bucket < $12
+        UNION ALL
+        SELECT date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
+               sum(value), count(*), min(value), max(value)
+        FROM telemetry_v
+        WHERE device_id = $1 AND metric = $2
+          AND ((ts >= $4 AND ts < $11) OR (ts >= $12 AND ts < $5))
+        GROUP BY 1
+    ) hours
+    GROUP BY 1
+) buckets
 ORDER BY bucket

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
-import orjson
 from aiohttp import web
 
 from iotcore.auth.principal import UserPrincipal
 from iotcore.auth.service import require_user
-from iotcore.devices.service import parse_uuid
+from iotcore.devices.service import DEVICE_REGISTRY_KEY, parse_uuid
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound
 from iotcore.platform.http import Endpoint, json_response
@@ -32,6 +31,7 @@ from iotcore.telemetry.read_service import (
 from iotcore.telemetry.stream import LIVE_STREAM_KEY, TICKET_TTL_S, LiveStream
 
 TAG = "telemetry"
+CACHE_CONTROL = {"Cache-Control": "private, max-age=60"}
 
 
 def _device_id(request: web.Request) -> UUID:
@@ -45,24 +45,41 @@ def _reader(request: web.Request) -> TelemetryReader:
     return request.app[TELEMETRY_READER_KEY]
 
 
+def _matches(if_none_match: str, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): `*` or a list of tags, compared weakly."""
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 async def _with_etag(
-    request: web.Request, principal: UserPrincipal, past: bool, produce: Any
+    request: web.Request,
+    principal: UserPrincipal,
+    device_id: UUID,
+    past: bool,
+    produce: Callable[[], Awaitable[bytes]],
 ) -> web.Response:
-    """Past windows get a strong ETag; a matching If-None-Match is answered from Redis
-    without reading the database again."""
+    """Windows wholly in the past get a strong ETag (a digest of the body). The tag is kept in
+    Redis under the tenant, path and query for ETAG_TTL_S, so a repeated request whose
+    If-None-Match matches is answered 304 from Redis without reading the database; the TTL
+    bounds how long a late reading landing in an old window can go unseen."""
     reader = _reader(request)
     if not past:
-        return json_response(await produce())
+        return web.Response(body=await produce(), content_type="application/json")
+    await reader.ensure_visible(principal, device_id)
+    if_none_match = request.headers.get("If-None-Match")
     key = reader.etag_key(principal, request)
-    known = await reader.known_etag(key)
-    if known is not None and request.headers.get("If-None-Match") == known:
-        return web.Response(status=304, headers={"ETag": known})
-    body = orjson.dumps(await produce())
+    if if_none_match:
+        known = await reader.known_etag(key)
+        if known is not None and _matches(if_none_match, known):
+            return web.Response(status=304, headers={"ETag": known, **CACHE_CONTROL})
+    body = await produce()
     etag = await reader.remember_etag(key, body)
+    if if_none_match and _matches(if_none_match, etag):
+        return web.Response(status=304, headers={"ETag": etag, **CACHE_CONTROL})
     return web.Response(
         body=body,
         content_type="application/json",
-        headers={"ETag": etag, "Cache-Control": "private, max-age=60"},
+        headers={"ETag": etag, **CACHE_CONTROL},
     )
 
 
@@ -79,6 +96,7 @@ async def raw(request: web.Request, query: RawQuery) -> web.Response:
     return await _with_etag(
         request,
         principal,
+        device_id,
         past.in_the_past,
         lambda: _reader(request).raw(principal, device_id, query),
     )
@@ -96,6 +114,7 @@ async def aggregate(request: web.Request, query: AggregateQuery) -> web.Response
     return await _with_etag(
         request,
         principal,
+        device_id,
         past.in_the_past,
         lambda: _reader(request).aggregate(principal, device_id, query),
     )
@@ -119,7 +138,7 @@ async def stream(request: web.Request, query: StreamQuery) -> web.StreamResponse
         device_id = parse_uuid(raw_id)
         if device_id is None:
             raise NotFound("No such device.")
-        await reader.metrics(principal, device_id)  # 404 unless the device is the tenant's
+        await reader.ensure_visible(principal, device_id)
         device_ids.add(str(device_id))
     last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
     return await live.serve(request, principal, device_ids, last_event_id)
@@ -194,7 +213,7 @@ ENDPOINTS: list[Endpoint] = [
 
 def setup(app: web.Application) -> None:
     platform = app[PLATFORM_KEY]
-    app[TELEMETRY_READER_KEY] = TelemetryReader(platform)
+    app[TELEMETRY_READER_KEY] = TelemetryReader(platform, app[DEVICE_REGISTRY_KEY])
     live = LiveStream(platform)
     app[LIVE_STREAM_KEY] = live
 

@@ -146,6 +146,75 @@ async def test_aggregate_buckets_and_values(client: Client, seeded: Any) -> None
     ]
 
 
+async def test_aggregate_edges_count_only_points_inside_the_window(
+    client: Client, seeded: Any
+) -> None:
+    owner, device = seeded
+    params = {
+        "metric": "temp",
+        "from": (BASE + timedelta(minutes=7)).isoformat(),
+        "to": str(int((BASE + timedelta(minutes=31)).timestamp() * 1000)),
+        "bucket": "15m",
+        "fn": "min,max,count",
+    }
+    body = await (
+        await client.get(url(device, "/telemetry/aggregate"), params=params, headers=owner.headers)
+    ).json()
+    assert body == {
+        "metric": "temp",
+        "bucket": "15m",
+        "items": [
+            {"ts": "2026-01-05T00:00:00.000Z", "min": 7.0, "max": 14.0, "count": 8},
+            {"ts": "2026-01-05T00:15:00.000Z", "min": 15.0, "max": 29.0, "count": 15},
+            {"ts": "2026-01-05T00:30:00.000Z", "min": 30.0, "max": 30.0, "count": 1},
+        ],
+    }
+
+
+async def test_pagination_of_one_metric_with_epoch_ms_window(client: Client, seeded: Any) -> None:
+    owner, device = seeded
+    window = {
+        "metric": "hum",
+        "from": str(int(BASE.timestamp() * 1000)),
+        "to": str(int((BASE + timedelta(hours=2)).timestamp() * 1000)),
+    }
+    for order, expected in (("asc", list(range(12))), ("desc", list(range(11, -1, -1)))):
+        values: list[float] = []
+        cursor = None
+        while True:
+            params = {
+                **window,
+                "order": order,
+                "limit": "5",
+                **({"cursor": cursor} if cursor else {}),
+            }
+            page = await (
+                await client.get(url(device, "/telemetry"), params=params, headers=owner.headers)
+            ).json()
+            assert {i["metric"] for i in page["items"]} <= {"hum"}
+            values.extend(i["value"] for i in page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert values == [50.0 + i for i in expected], order
+
+
+async def test_a_cursor_of_the_other_order_is_422(client: Client, seeded: Any) -> None:
+    owner, device = seeded
+    page = await (
+        await client.get(
+            url(device, "/telemetry"), params={**WINDOW, "limit": "2"}, headers=owner.headers
+        )
+    ).json()
+    response = await client.get(
+        url(device, "/telemetry"),
+        params={**WINDOW, "order": "desc", "cursor": page["next_cursor"]},
+        headers=owner.headers,
+    )
+    assert response.status == 422
+    assert (await response.json())["error"]["details"][0]["field"] == "cursor"
+
+
 async def test_week_buckets_start_on_monday(client: Client, seeded: Any) -> None:
     owner, device = seeded
     params = {
@@ -202,8 +271,49 @@ async def test_past_window_gets_an_etag_and_304(
         headers={**owner.headers, "If-None-Match": etag},
     )
     assert again.status == 304
+    assert again.headers["ETag"] == etag
     recent = await client.get(url(device, "/telemetry"), headers=owner.headers)
     assert "ETag" not in recent.headers, "a window reaching now has no ETag"
+
+
+async def test_304_comes_from_redis_without_reading_the_database(
+    client: Client, seeded: Any, owner_conn: Any
+) -> None:
+    """The ETag cached in Redis answers: a reading that landed in the window meanwhile is not
+    read (the cached tag lives ETAG_TTL_S); a request without the tag sees it."""
+    owner, device = seeded
+    params = {**WINDOW, "metric": "late", "bucket": "1h", "fn": "count"}
+    first = await client.get(
+        url(device, "/telemetry/aggregate"), params=params, headers=owner.headers
+    )
+    assert (await first.json())["items"] == []
+    await insert(owner_conn, owner.tenant_id, device.device_id, "late", [(BASE, 1.0)])
+    again = await client.get(
+        url(device, "/telemetry/aggregate"),
+        params=params,
+        headers={**owner.headers, "If-None-Match": first.headers["ETag"]},
+    )
+    assert again.status == 304
+    fresh = await client.get(
+        url(device, "/telemetry/aggregate"), params=params, headers=owner.headers
+    )
+    assert (await fresh.json())["items"] == [{"ts": "2026-01-05T00:00:00.000Z", "count": 1}]
+    assert fresh.headers["ETag"] != first.headers["ETag"]
+
+
+async def test_etag_of_a_raw_page_matches_without_the_redis_entry(
+    client: Client, seeded: Any, platform: Platform
+) -> None:
+    owner, device = seeded
+    params = {**WINDOW, "limit": "3"}
+    first = await client.get(url(device, "/telemetry"), params=params, headers=owner.headers)
+    etag = first.headers["ETag"]
+    async for key in platform.redis.client.scan_iter(match=platform.redis.key("etag", "*")):
+        await platform.redis.client.delete(key)
+    again = await client.get(
+        url(device, "/telemetry"), params=params, headers={**owner.headers, "If-None-Match": etag}
+    )
+    assert again.status == 304, "the recomputed body has the same strong tag"
 
 
 async def test_latest_from_cache_and_after_a_flush(
@@ -270,7 +380,10 @@ async def test_no_read_plans_a_sequential_scan(
         "raw_desc": (sql["raw_desc"], [devices[0], start, now, now, "", 101]),
         "raw_metric_asc": (sql["raw_metric_asc"], [devices[0], start, now, start, "", 101, "a"]),
         "raw_metric_desc": (sql["raw_metric_desc"], [devices[0], start, now, now, "", 101, "a"]),
-        "aggregate": (sql["aggregate"], [devices[0], "a", timedelta(minutes=5), start, now]),
+        "aggregate": (
+            sql["aggregate"],
+            [devices[0], "a", timedelta(minutes=5), start, now, True, True, True, True, True],
+        ),
     }
     # Empty or tiny partitions (days ahead, a few test rows) are rightly read sequentially;
     # what matters is that no partition large enough for the planner to care is.
