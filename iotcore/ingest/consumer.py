@@ -1,10 +1,17 @@
 """The MQTT consumer: a shared subscription to every device's telemetry, QoS 1, a persistent
 session, and each message acknowledged only after its rows are committed.
 
-aiomqtt does not expose manual acknowledgements, so the consumer switches them on in the
-paho client underneath and acks with paho's `ack(mid, qos)` from the writer's callback.
+aiomqtt runs the connection (connect, subscribe, keepalive, reconnect), but messages do
+not go through its per-message queue: paho's own `on_message` callback (which aiomqtt calls
+on the event loop thread) appends them to an inbox, and the consumer hands the writer
+everything that arrived since its last turn in one call. aiomqtt does not expose manual
+acknowledgements either, so the consumer switches them on in paho and, once the writer has
+committed a hand-off, queues all of its PUBACKs as one write.
+
 When Postgres is down the writer holds its batch, the queue fills, the consumer stops
-reading, nothing is acked, and the broker keeps the messages for the persistent session.
+handing off, nothing is acked, the broker stops sending once its in-flight window
+(MQTT 5 Receive Maximum, EMQX `max_inflight`) is full, and it keeps the rest for the
+persistent session. That window is also the bound on what the inbox can hold.
 """
 
 from __future__ import annotations
@@ -13,10 +20,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import struct
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import PUBACK, MQTTMessage
+from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -28,12 +39,44 @@ from iotcore.telemetry.writer import TRANSIENT, Submission, TelemetryWriter, Wri
 
 log = logging.getLogger("iotcore.ingest")
 TOPIC = "tenants/+/devices/+/telemetry"
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
 
 
 def subscription(settings: Settings) -> str:
     if settings.mqtt_shared_subscription:
         return f"$share/{settings.mqtt_share_group}/{TOPIC}"
     return TOPIC
+
+
+class Inbox:
+    """What paho has decoded and not yet been handed to the writer."""
+
+    def __init__(self) -> None:
+        self.messages: list[MQTTMessage] = []
+        self._ready = asyncio.Event()
+
+    def on_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
+        self.messages.append(message)
+        self._ready.set()
+
+    async def take(self, disconnected: asyncio.Future[None]) -> list[MQTTMessage]:
+        while not self.messages:
+            self._ready.clear()
+            waiter = asyncio.ensure_future(self._ready.wait())
+            await asyncio.wait((waiter, disconnected), return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                waiter.cancel()
+                cause = None if disconnected.cancelled() else disconnected.exception()
+                raise aiomqtt.MqttError("disconnected while waiting for messages") from cause
+        messages, self.messages = self.messages, []
+        return messages
+
+
+def ack_all(paho: PahoClient, mids: list[int]) -> None:
+    """The PUBACKs of many messages as one queued write: the bytes paho's `ack(mid, 1)`
+    would queue one packet (and one socket write) at a time."""
+    packet = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
+    paho._packet_queue(PUBACK, packet, 0, 0)
 
 
 class Consumer:
@@ -43,7 +86,7 @@ class Consumer:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, inbox: Inbox) -> aiomqtt.Client:
         settings = self._settings
         url = urlsplit(settings.mqtt_url)
         v5 = settings.mqtt_protocol_v5
@@ -69,25 +112,35 @@ class Consumer:
             **session,
         )
         client._client.manual_ack_set(True)
+        # Before connecting: a persistent session's queued messages arrive right after CONNACK.
+        client._client.on_message = inbox.on_message
         return client
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         paho = client._client
         await client.subscribe(subscription(self._settings), qos=1)
         self.connected = True
         log.info("ingest subscribed", extra={"topic": subscription(self._settings)})
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            submission = await self._submission(str(message.topic), payload)
-            future = await self._ingest.writer.submit(submission)
-            if message.qos > 0:
-                mid, qos = message.mid, message.qos
+        while True:
+            messages = await inbox.take(client._disconnected)
+            received = datetime.now(UTC)
+            submissions = []
+            for message in messages:
+                topic, payload = message.topic, bytes(message.payload)
+                submission = self._ingest.from_mqtt_cached(topic, payload, received)
+                if submission is None:  # a device not in the cache: ask Postgres
+                    submission = await self._submission(topic, payload)
+                submissions.append(submission)
+            future = await self._ingest.writer.submit_many(submissions)
+            mids = [m.mid for m in messages if m.qos == 1]
+            if mids:
 
-                def ack(done: asyncio.Future[WriteResult], mid: int = mid, qos: int = qos) -> None:
+                def ack(done: asyncio.Future[WriteResult], mids: list[int] = mids) -> None:
                     # Only after the commit. A refused batch is acked too: it is recorded
                     # as rejects, and redelivering it would fail the same way forever.
                     if not done.cancelled():
-                        paho.ack(mid, qos)
+                        done.exception()
+                        ack_all(paho, mids)
 
                 future.add_done_callback(ack)
 
@@ -107,9 +160,10 @@ class Consumer:
         delay = 0.5
         while True:
             try:
-                async with self._client() as client:
+                inbox = Inbox()
+                async with self._client(inbox) as client:
                     delay = 0.5
-                    await self._consume(client)
+                    await self._consume(client, inbox)
             except aiomqtt.MqttError as exc:
                 self.connected = False
                 log.warning("mqtt connection lost; reconnecting", extra={"error": str(exc)})

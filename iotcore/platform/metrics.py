@@ -36,4 +36,10 @@ INGEST_LAG = Histogram(
     "From receipt by iotcore to commit",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+INGEST_PUBLISH_LAG = Histogram(
+    "iotcore_ingest_publish_lag_seconds",
+    "From a message's newest reading ts (the device's clock when it published) to commit",
+    ["transport"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300),
+)
 RATE_LIMITED = Counter("iotcore_rate_limited_total", "Requests refused by a rate limit", ["scope"])

@@ -26,6 +26,8 @@ from iotcore.telemetry.payload import PayloadParser, PayloadRejected
 from iotcore.telemetry.writer import Reject, Submission, TelemetryWriter
 
 EXCERPT_BYTES = 256
+TOPIC_CACHE_SIZE = 100_000
+_MISSING = object()
 
 
 def excerpt(raw: bytes) -> str:
@@ -52,6 +54,7 @@ class TelemetryIngest:
         self.registry = registry
         self.writer = writer
         self._parser = PayloadParser(settings)
+        self._topics: dict[str, tuple[UUID, UUID] | None] = {}
         self._buckets = TokenBuckets(platform.redis)
         self._fail_open = settings.rate_limit_fail_open
         self._device_rate = (settings.rate_limit_device_per_s, settings.rate_limit_device_burst)
@@ -59,17 +62,49 @@ class TelemetryIngest:
 
     # ------------------------------------------------------------------ MQTT
 
-    async def from_mqtt(self, topic: str, payload: bytes) -> Submission:
+    async def from_mqtt(
+        self, topic: str, payload: bytes, received: datetime | None = None
+    ) -> Submission:
         """Always a submission: a bad message becomes one carrying only its reject, so that
         it is recorded, counted and acknowledged, and never stops the stream."""
-        received = datetime.now(UTC)
-        parsed_topic = parse_topic(topic)
+        parsed_topic = self._topic(topic)
         if parsed_topic is None:
-            return self._rejected(
-                "invalid_topic", "not a telemetry topic", None, None, topic, payload
-            )
+            return self._bad_topic(topic, payload)
+        identity = await self.registry.resolve(parsed_topic[1])
+        return self._checked(topic, payload, parsed_topic, identity, received)
+
+    def from_mqtt_cached(self, topic: str, payload: bytes, received: datetime) -> Submission | None:
+        """from_mqtt without an await, when the device is in the registry's cache (the
+        consumer's fast path); None when it is not."""
+        parsed_topic = self._topic(topic)
+        if parsed_topic is None:
+            return self._bad_topic(topic, payload)
+        found, identity = self.registry.cached(parsed_topic[1])
+        if not found:
+            return None
+        return self._checked(topic, payload, parsed_topic, identity, received)
+
+    def _topic(self, topic: str) -> tuple[UUID, UUID] | None:
+        parsed = self._topics.get(topic, _MISSING)
+        if parsed is _MISSING:
+            parsed = parse_topic(topic)
+            if len(self._topics) >= TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            self._topics[topic] = parsed
+        return parsed  # type: ignore[return-value]
+
+    def _bad_topic(self, topic: str, payload: bytes) -> Submission:
+        return self._rejected("invalid_topic", "not a telemetry topic", None, None, topic, payload)
+
+    def _checked(
+        self,
+        topic: str,
+        payload: bytes,
+        parsed_topic: tuple[UUID, UUID],
+        identity: DeviceIdentity | None,
+        received: datetime | None,
+    ) -> Submission:
         topic_tenant, device_id = parsed_topic
-        identity = await self.registry.resolve(device_id)
         if identity is None or identity.tenant_id is None:
             return self._rejected(
                 "unknown_device",
@@ -89,7 +124,7 @@ class TelemetryIngest:
                 payload,
             )
         try:
-            parsed = self._parser.parse(payload, received)
+            parsed = self._parser.parse(payload, received or datetime.now(UTC))
         except PayloadRejected as exc:
             return self._rejected(
                 exc.reason, exc.message, identity.tenant_id, device_id, topic, payload

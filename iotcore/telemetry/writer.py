@@ -27,6 +27,7 @@ from iotcore.platform.errors import Overloaded
 from iotcore.platform.metrics import (
     INGEST_LAG,
     INGEST_MESSAGES,
+    INGEST_PUBLISH_LAG,
     INGEST_REJECTS,
     WRITER_BATCH_ROWS,
     WRITER_COMMIT_SECONDS,
@@ -107,7 +108,8 @@ class TelemetryWriter:
         self._batch_rows = settings.writer_batch_rows
         self._batch_age_s = settings.writer_batch_age_ms / 1000
         self._capacity = settings.writer_queue_rows
-        self._queue: asyncio.Queue[Submission] = asyncio.Queue()
+        # Each item is one HTTP submission or one MQTT hand-off of many messages.
+        self._queue: asyncio.Queue[list[Submission]] = asyncio.Queue()
         self._queued_rows = 0
         self._space = asyncio.Event()
         self._space.set()
@@ -117,26 +119,37 @@ class TelemetryWriter:
 
     # ------------------------------------------------------------------ submitting
 
-    def _enqueue(self, submission: Submission) -> asyncio.Future[WriteResult]:
-        submission.future = asyncio.get_running_loop().create_future()
-        self._queued_rows += max(1, submission.rows)
+    def _enqueue(self, item: list[Submission], rows: int) -> asyncio.Future[WriteResult]:
+        # One future for the item, on its last submission: batches are written in queue
+        # order, so when it resolves every submission of the item is committed.
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        item[-1].future = future
+        self._queued_rows += rows
         WRITER_QUEUE_DEPTH.set(self._queued_rows)
         if self._queued_rows >= self._capacity:
             self._space.clear()
-        self._queue.put_nowait(submission)
-        return submission.future
+        self._queue.put_nowait(item)
+        return future
 
     def submit_nowait(self, submission: Submission) -> asyncio.Future[WriteResult]:
         """For HTTP: a full queue is an immediate 503 overloaded."""
-        if self._queued_rows + submission.rows > self._capacity:
+        rows = _weight(submission)
+        if self._queued_rows + rows > self._capacity:
             raise Overloaded("The write queue is full; retry later.", retry_after_s=1)
-        return self._enqueue(submission)
+        return self._enqueue([submission], rows)
 
     async def submit(self, submission: Submission) -> asyncio.Future[WriteResult]:
-        """For MQTT: wait for room, so the consumer stops reading (and acking) instead."""
-        while self._queued_rows + submission.rows > self._capacity and self._queued_rows:
+        """One submission; waits for room (see submit_many)."""
+        return await self.submit_many([submission])
+
+    async def submit_many(self, submissions: list[Submission]) -> asyncio.Future[WriteResult]:
+        """For MQTT: many messages in one hand-off, and a future that resolves when all of
+        them are committed (with the last one's result). Waits for room, so that the
+        consumer stops reading (and acking) instead of growing the queue."""
+        rows = sum(_weight(s) for s in submissions)
+        while self._queued_rows + rows > self._capacity and self._queued_rows:
             await self._space.wait()
-        return self._enqueue(submission)
+        return self._enqueue(submissions, rows)
 
     # ------------------------------------------------------------------ the batch loop
 
@@ -157,7 +170,7 @@ class TelemetryWriter:
         first = await self._queue.get()
         if first is _STOP:
             return [], True
-        batch, rows = [first], first.rows
+        batch, rows = list(first), sum(s.rows for s in first)
         # Group commit: take what is queued now; while this batch is written the next one
         # gathers by itself, so batches grow with load and an idle writer adds no delay.
         # An optional linger (IOT_WRITER_BATCH_AGE_MS) waits for more when the queue is dry.
@@ -173,8 +186,8 @@ class TelemetryWriter:
                 break
             if item is _STOP:
                 return batch, True
-            batch.append(item)
-            rows += item.rows
+            batch.extend(item)
+            rows += sum(s.rows for s in item)
         return batch, False
 
     async def _run(self) -> None:
@@ -211,7 +224,7 @@ class TelemetryWriter:
         exc: Exception | None = None,
     ) -> None:
         for index, submission in enumerate(batch):
-            self._queued_rows -= max(1, submission.rows)
+            self._queued_rows -= _weight(submission)
             future = submission.future
             if future is not None and not future.done():
                 if results is not None:
@@ -279,8 +292,12 @@ class TelemetryWriter:
         WRITER_COMMIT_SECONDS.observe(elapsed)
         WRITER_BATCH_ROWS.observe(len(seen))
         now = time.monotonic()
+        wall = time.time()
         results = []
         for index, submission in enumerate(batch):
+            if submission.points:
+                published = max(p.ts for p in submission.points).timestamp()
+                INGEST_PUBLISH_LAG.labels(submission.transport).observe(max(0.0, wall - published))
             rows_in = submission.rows
             duplicates = rows_in - stored[index]
             results.append(
@@ -345,4 +362,9 @@ class TelemetryWriter:
             log.warning("post-commit cache update failed", exc_info=True)
 
 
-_STOP = Submission("stop", None, None, [])
+def _weight(submission: Submission) -> int:
+    """What a submission counts against the queue bound: its rows, and at least 1 (rejects)."""
+    return max(1, submission.rows)
+
+
+_STOP: list[Submission] = []
