@@ -46,12 +46,3 @@ UPDATE devices SET name = CASE WHEN $2 THEN $3 ELSE name END,
 WHERE device_id = $1
 RETURNING device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
           last_seen_at, created_at
-
--- name: mark_seen
--- Batched by the telemetry writer inside a tenant transaction: a claimed device becomes
--- active on its first accepted telemetry; last_seen_at only moves forward.
-UPDATE devices d
-SET last_seen_at = GREATEST(d.last_seen_at, s.seen),
-    status = CASE WHEN d.status = 'claimed' THEN 'active' ELSE d.status END
-FROM unnest($1::uuid[], $2::timestamptz[]) AS s(device_id, seen)
-WHERE d.device_id = s.device_id

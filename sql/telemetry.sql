@@ -1,27 +1,56 @@
 -- Telemetry write path. The service role reaches telemetry only through telemetry_v.
 
--- name: insert_readings
--- One statement per tenant group: rows already present (a replay) are skipped and not
--- returned, so the caller counts stored versus duplicate rows.
-WITH rows AS (
-    INSERT INTO telemetry_v (tenant_id, device_id, metric, ts, value)
-    SELECT app_tenant_id(), r.device_id, r.metric, r.ts, r.value
+-- name: write_readings
+-- One statement per tenant group of a batch, inside the tenant transaction: the readings
+-- (a row already present, a replay, is skipped), the newest value per device and metric
+-- (an older reading never replaces a newer one), and devices' last_seen_at / status (a
+-- claimed device becomes active on its first accepted telemetry; last_seen_at only moves
+-- forward). Returns how many rows were stored; with $5, the ordinals (1-based, in the
+-- arrays) of the stored rows, so that the caller can tell each submission its count; and
+-- the (device_id, metric, ts_ms, value) that became newest, for the cache.
+WITH r AS (
+    SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[])
-         AS r(device_id, metric, ts, value)
+         WITH ORDINALITY AS r(device_id, metric, ts, value, n)
+), ins AS (
+    INSERT INTO telemetry_v (tenant_id, device_id, metric, ts, value)
+    SELECT app_tenant_id(), device_id, metric, ts, value FROM r
     ON CONFLICT (device_id, metric, ts) DO NOTHING
     RETURNING device_id, metric, ts
+), newest AS (
+    INSERT INTO telemetry_latest AS l (tenant_id, device_id, metric, ts, value)
+    SELECT DISTINCT ON (device_id, metric) app_tenant_id(), device_id, metric, ts, value
+    FROM r
+    ORDER BY device_id, metric, ts DESC
+    ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+    WHERE l.ts < EXCLUDED.ts
+    RETURNING device_id, metric, ts, value
+), seen AS (
+    UPDATE devices d
+    SET last_seen_at = GREATEST(d.last_seen_at, s.seen),
+        status = CASE WHEN d.status = 'claimed' THEN 'active' ELSE d.status END
+    FROM (SELECT device_id, max(ts) AS seen FROM r GROUP BY device_id) AS s
+    WHERE d.device_id = s.device_id
 )
-SELECT device_id, metric, ts FROM rows
-
--- name: upsert_latest
--- One row per (device, metric) in the arrays (the writer keeps the newest of its batch);
--- an older reading never replaces a newer one.
-INSERT INTO telemetry_latest AS l (tenant_id, device_id, metric, ts, value)
-SELECT app_tenant_id(), r.device_id, r.metric, r.ts, r.value
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[])
-     AS r(device_id, metric, ts, value)
-ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
-WHERE l.ts < EXCLUDED.ts
+SELECT
+    (SELECT count(*) FROM ins) AS stored,
+    CASE WHEN $5::boolean THEN (
+        SELECT coalesce(array_agg(first), '{}')
+        FROM (
+            SELECT min(r.n) AS first
+            FROM ins JOIN r USING (device_id, metric, ts)
+            GROUP BY ins.device_id, ins.metric, ins.ts
+        ) AS f
+    ) END AS stored_ordinals,
+    (
+        SELECT coalesce(
+            json_agg(json_build_array(
+                device_id, metric, floor(extract(epoch FROM ts) * 1000)::bigint, value
+            ))::text,
+            '[]'
+        )
+        FROM newest
+    ) AS newest
 
 -- name: insert_rejects
 INSERT INTO ingest_rejects (tenant_id, device_id, topic, reason, excerpt, received_at)

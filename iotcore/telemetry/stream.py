@@ -92,20 +92,33 @@ class LiveStream:
                 idle = 0.0
                 for entry_id, fields in answer[0][1]:
                     position = entry_id.decode()
-                    point = orjson.loads(fields[b"p"])
-                    if device_ids and point["device_id"] not in device_ids:
-                        continue
-                    data = orjson.dumps(
-                        {
-                            "device_id": point["device_id"],
-                            "ts": rfc3339_ms_from_ms(point["ts"]),
-                            "metrics": point["metrics"],
-                        }
-                    )
-                    await response.write(
-                        b"id: " + entry_id + b"\nevent: telemetry\ndata: " + data + b"\n\n"
-                    )
+                    chunk = _events(entry_id, fields, device_ids)
+                    if chunk:
+                        await response.write(chunk)
         return response
+
+
+def _events(entry_id: bytes, fields: dict[bytes, bytes], device_ids: set[str]) -> bytes:
+    """The SSE events of one stream entry: the writer adds one entry per tenant and batch
+    ("b", a list of points; "p", one point, from before batching). The entry id goes on
+    the entry's last event only: a client cut off inside an entry resumes from the previous
+    entry and gets this one whole again, so nothing is skipped."""
+    points = orjson.loads(fields[b"b"]) if b"b" in fields else [orjson.loads(fields[b"p"])]
+    events = []
+    for point in points:
+        if device_ids and point["device_id"] not in device_ids:
+            continue
+        data = orjson.dumps(
+            {
+                "device_id": point["device_id"],
+                "ts": rfc3339_ms_from_ms(point["ts"]),
+                "metrics": point["metrics"],
+            }
+        )
+        events.append(b"event: telemetry\ndata: " + data + b"\n\n")
+    if events:
+        events[-1] = b"id: " + entry_id + b"\n" + events[-1]
+    return b"".join(events)
 
 
 def rfc3339_ms_from_ms(ts_ms: int) -> str:

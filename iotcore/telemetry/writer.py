@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -38,16 +39,22 @@ from iotcore.telemetry.payload import Point
 
 log = logging.getLogger("iotcore.telemetry.writer")
 SQL = queries("telemetry")
-DEVICES_SQL = queries("devices")
 LIVE_WINDOW_MS = 5 * 60 * 1000
 EXCERPT_CHARS = 256
 
-# Keep the newest value per metric: KEYS[1] = hash; ARGV = metric, ts_ms, value_json, ...
+# Keep the newest value per metric, for many devices in one call: KEYS = one hash per
+# device; ARGV = for each key, a count n, then n times (metric, ts_ms, value_json).
 _LATEST = """
-for i = 1, #ARGV, 3 do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
-  if (not old) or tonumber(cjson.decode(old)[1]) < tonumber(ARGV[i + 1]) then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+local a = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n do
+    local old = redis.call('HGET', KEYS[k], ARGV[a])
+    if (not old) or tonumber(cjson.decode(old)[1]) < tonumber(ARGV[a + 1]) then
+      redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 2])
+    end
+    a = a + 3
   end
 end
 return 0
@@ -95,6 +102,12 @@ class Submission:
     @property
     def rows(self) -> int:
         return sum(len(p.metrics) for p in self.points)
+
+
+@dataclass
+class Committed:
+    results: list[WriteResult]  # one per submission of the batch
+    newest: list[list[Any]]  # [device_id, metric, ts_ms, value] that became newest
 
 
 class StorageRefused(Exception):
@@ -201,7 +214,7 @@ class TelemetryWriter:
         delay = 0.1
         while True:
             try:
-                results = await self._write(batch)
+                committed = await self._write(batch)
                 self.healthy = True
                 break
             except TRANSIENT as exc:
@@ -214,8 +227,8 @@ class TelemetryWriter:
                 log.exception("batch refused by the database")
                 self._settle(batch, exc=StorageRefused(type(exc).__name__))
                 return
-        self._settle(batch, results=results)
-        await self._after_commit(batch)
+        self._settle(batch, results=committed.results)
+        await self._after_commit(batch, committed.newest)
 
     def _settle(
         self,
@@ -235,81 +248,90 @@ class TelemetryWriter:
         if self._queued_rows < self._capacity:
             self._space.set()
 
-    async def _write(self, batch: list[Submission]) -> list[WriteResult]:
+    async def _write(self, batch: list[Submission]) -> Committed:
+        """Insert and commit. Settles nothing: the caller does, after this returns."""
         started = time.perf_counter()
-        by_tenant: dict[UUID, list[tuple[int, UUID, str, datetime, float]]] = defaultdict(list)
-        seen: dict[tuple[UUID, str, datetime], int] = {}
-        within_batch_duplicates = [0] * len(batch)
+        # Per-submission stored counts are only needed where someone reads them: HTTP.
+        detailed = any(s.transport == "http" for s in batch)
+        columns: dict[UUID, tuple[list[UUID], list[str], list[datetime], list[float]]] = {}
+        owners: dict[UUID, list[int]] = defaultdict(list)
         for index, submission in enumerate(batch):
-            if submission.tenant_id is None or submission.device_id is None:
+            tenant_id, device_id = submission.tenant_id, submission.device_id
+            if tenant_id is None or device_id is None:
                 continue
+            group = columns.get(tenant_id)
+            if group is None:
+                group = columns[tenant_id] = ([], [], [], [])
+            devices, metrics, stamps, values = group
             for point in submission.points:
+                ts = point.ts
                 for metric, value in point.metrics.items():
-                    key = (submission.device_id, metric, point.ts)
-                    if key in seen:
-                        within_batch_duplicates[index] += 1
-                        continue
-                    seen[key] = index
-                    by_tenant[submission.tenant_id].append(
-                        (index, submission.device_id, metric, point.ts, value)
-                    )
+                    devices.append(device_id)
+                    metrics.append(metric)
+                    stamps.append(ts)
+                    values.append(value)
+                if detailed:
+                    owners[tenant_id].extend([index] * len(point.metrics))
         stored = [0] * len(batch)
+        stored_total = 0
+        newest: list[list[Any]] = []
         rejects = [r for s in batch for r in s.rejects]
         async with self._platform.db.primary.acquire() as conn, conn.transaction():
-            for tenant_id, rows in by_tenant.items():
+            for tenant_id, (devices, metrics, stamps, values) in columns.items():
                 await set_tenant(conn, tenant_id)
-                inserted = await conn.fetch(
-                    SQL["insert_readings"],
-                    [r[1] for r in rows],
-                    [r[2] for r in rows],
-                    [r[3] for r in rows],
-                    [r[4] for r in rows],
+                row = await conn.fetchrow(
+                    SQL["write_readings"], devices, metrics, stamps, values, detailed
                 )
-                for row in inserted:
-                    stored[seen[(row["device_id"], row["metric"], row["ts"])]] += 1
-                newest: dict[tuple[UUID, str], tuple[datetime, float]] = {}
-                for _, device_id, metric, ts, value in rows:
-                    known = newest.get((device_id, metric))
-                    if known is None or ts > known[0]:
-                        newest[(device_id, metric)] = (ts, value)
-                await conn.execute(
-                    SQL["upsert_latest"],
-                    [k[0] for k in newest],
-                    [k[1] for k in newest],
-                    [v[0] for v in newest.values()],
-                    [v[1] for v in newest.values()],
-                )
-                last_seen: dict[UUID, datetime] = {}
-                for _, device_id, _, ts, _ in rows:
-                    if device_id not in last_seen or ts > last_seen[device_id]:
-                        last_seen[device_id] = ts
-                await conn.execute(
-                    DEVICES_SQL["mark_seen"], list(last_seen), list(last_seen.values())
-                )
+                assert row is not None
+                stored_total += row["stored"]
+                if detailed:
+                    owner = owners[tenant_id]
+                    for ordinal in row["stored_ordinals"]:
+                        stored[owner[ordinal - 1]] += 1
+                newest.extend(orjson.loads(row["newest"]))
             if rejects:
                 await self._insert_rejects(conn, rejects)
         elapsed = time.perf_counter() - started
         WRITER_COMMIT_SECONDS.observe(elapsed)
-        WRITER_BATCH_ROWS.observe(len(seen))
+        WRITER_BATCH_ROWS.observe(sum(len(c[0]) for c in columns.values()))
+        self._count(batch, stored, stored_total, detailed)
+        results = [
+            WriteResult(
+                len(submission.points),
+                stored[index],
+                submission.rows - stored[index],
+                len(submission.rejects),
+            )
+            for index, submission in enumerate(batch)
+        ]
+        return Committed(results, newest)
+
+    def _count(
+        self, batch: list[Submission], stored: list[int], stored_total: int, detailed: bool
+    ) -> None:
+        """Counters per transport and the lag histograms, once per batch where possible."""
         now = time.monotonic()
         wall = time.time()
-        results = []
+        rows: dict[str, int] = defaultdict(int)
+        stored_by: dict[str, int] = defaultdict(int)
+        rejected: dict[str, int] = defaultdict(int)
         for index, submission in enumerate(batch):
+            transport = submission.transport
+            rows[transport] += submission.rows
+            rejected[transport] += len(submission.rejects)
+            if detailed:
+                stored_by[transport] += stored[index]
             if submission.points:
+                INGEST_LAG.observe(now - submission.received_at)
                 published = max(p.ts for p in submission.points).timestamp()
-                INGEST_PUBLISH_LAG.labels(submission.transport).observe(max(0.0, wall - published))
-            rows_in = submission.rows
-            duplicates = rows_in - stored[index]
-            results.append(
-                WriteResult(
-                    len(submission.points), stored[index], duplicates, len(submission.rejects)
-                )
-            )
-            INGEST_MESSAGES.labels(submission.transport, "stored").inc(stored[index])
-            INGEST_MESSAGES.labels(submission.transport, "duplicate").inc(duplicates)
-            INGEST_MESSAGES.labels(submission.transport, "rejected").inc(len(submission.rejects))
-            INGEST_LAG.observe(now - submission.received_at)
-        return results
+                INGEST_PUBLISH_LAG.labels(transport).observe(max(0.0, wall - published))
+        if not detailed:  # a batch without HTTP: one transport's total
+            for transport in rows:
+                stored_by[transport] = stored_total
+        for transport, total in rows.items():
+            INGEST_MESSAGES.labels(transport, "stored").inc(stored_by[transport])
+            INGEST_MESSAGES.labels(transport, "duplicate").inc(total - stored_by[transport])
+            INGEST_MESSAGES.labels(transport, "rejected").inc(rejected[transport])
 
     async def _insert_rejects(self, conn: asyncpg.Connection, rejects: list[Reject]) -> None:
         now = datetime.now(UTC)
@@ -326,37 +348,46 @@ class TelemetryWriter:
         for reject in rejects:
             INGEST_REJECTS.labels(reject.reason).inc()
 
-    async def _after_commit(self, batch: list[Submission]) -> None:
-        """Latest values and live stream. Best effort: the data is committed already, and
-        the read API falls back to the database when the cache is missing."""
+    async def _after_commit(self, batch: list[Submission], newest: list[list[Any]]) -> None:
+        """Latest values and live stream: a few Redis commands per batch, not per message.
+        Best effort: the data is committed already, and the read API falls back to the
+        database when the cache is missing."""
         redis = self._platform.redis
         try:
             pipe = redis.client.pipeline(transaction=False)
             min_id = f"{int(time.time() * 1000) - LIVE_WINDOW_MS}"
-            latest: dict[UUID, dict[str, tuple[int, float]]] = defaultdict(dict)
+            live: dict[UUID, list[dict[str, Any]]] = defaultdict(list)
+            names: dict[UUID, str] = {}
             for submission in batch:
-                if submission.tenant_id is None or submission.device_id is None:
+                tenant_id, device_id = submission.tenant_id, submission.device_id
+                if tenant_id is None or device_id is None or not submission.points:
                     continue
-                stream = redis.key("live", str(submission.tenant_id))
+                name = names.get(device_id)
+                if name is None:
+                    name = names[device_id] = str(device_id)
+                points = live[tenant_id]
                 for point in submission.points:
                     ts_ms = int(point.ts.timestamp() * 1000)
-                    entry = {
-                        "device_id": str(submission.device_id),
-                        "ts": ts_ms,
-                        "metrics": point.metrics,
-                    }
-                    pipe.xadd(stream, {"p": orjson.dumps(entry)}, minid=min_id, approximate=True)
-                    newest = latest[submission.device_id]
-                    for metric, value in point.metrics.items():
-                        if metric not in newest or newest[metric][0] < ts_ms:
-                            newest[metric] = (ts_ms, value)
-            for device_id, metrics in latest.items():
-                args: list[str | bytes] = []
-                for metric, (ts_ms, value) in metrics.items():
-                    args.extend((metric, str(ts_ms), orjson.dumps([ts_ms, value])))
-                await self._latest(
-                    keys=[redis.key("latest", str(device_id))], args=args, client=pipe
+                    points.append({"device_id": name, "ts": ts_ms, "metrics": point.metrics})
+            for tenant_id, points in live.items():
+                # One entry per tenant and batch; the stream turns it into one event a point.
+                pipe.xadd(
+                    redis.key("live", str(tenant_id)),
+                    {"b": orjson.dumps(points)},
+                    minid=min_id,
+                    approximate=True,
                 )
+            if newest:
+                by_device: dict[str, list[list[Any]]] = defaultdict(list)
+                for row in newest:
+                    by_device[row[0]].append(row)
+                keys = [redis.key("latest", device) for device in by_device]
+                args: list[str | bytes | int] = []
+                for rows in by_device.values():
+                    args.append(len(rows))
+                    for _, metric, ts_ms, value in rows:
+                        args.extend((metric, ts_ms, orjson.dumps([ts_ms, value])))
+                await self._latest(keys=keys, args=args, client=pipe)
             await pipe.execute()
         except Exception:
             log.warning("post-commit cache update failed", exc_info=True)

@@ -18,6 +18,7 @@ from iotcore.config import Settings
 from iotcore.ingest.consumer import IngestRole
 from iotcore.platform.context import Platform
 from iotcore.telemetry.service import TELEMETRY_INGEST_KEY
+from iotcore.telemetry.stream import _events
 from tests.support.devices import claimed_device
 from tests.support.telemetry import post_telemetry
 from tests.support.users import register
@@ -139,3 +140,18 @@ async def test_ticket_is_single_use_and_stream_never_carries_other_tenants(
     )
     assert foreign.status == 404
     assert (await client.get("/api/v1/telemetry/stream")).status == 401
+
+
+def test_an_entry_of_many_points_carries_its_id_on_its_last_event_only() -> None:
+    """A client cut off inside an entry resumes from the entry before and gets it whole."""
+    points = [
+        {"device_id": device, "ts": 1_700_000_000_000 + i, "metrics": {"t": i}}
+        for i, device in enumerate(["d1", "d2", "d1", "d2"])
+    ]
+    chunk = _events(b"5-0", {b"b": orjson.dumps(points)}, {"d1"})
+    events = chunk.decode().strip().split("\n\n")
+    assert len(events) == 2  # d2 filtered out
+    assert not events[0].startswith("id:")
+    assert events[1].startswith("id: 5-0\n")
+    assert [orjson.loads(e.split("data: ")[1])["metrics"]["t"] for e in events] == [0, 2]
+    assert _events(b"6-0", {b"b": orjson.dumps(points)}, {"d3"}) == b""

@@ -16,6 +16,7 @@ import aiomqtt
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from iotcore.config import Settings
 from iotcore.ingest.consumer import IngestRole
@@ -246,3 +247,43 @@ async def test_two_consumers_in_one_share_group_store_everything_once(
         for consumer in consumers:
             consumer.kill()
             consumer.wait(5)
+
+
+def _counter(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "iotcore_ingest_messages_total", {"transport": "mqtt", "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_a_batch_updates_latest_last_seen_and_counters_and_a_replay_is_a_duplicate(
+    client: Client,
+    settings: Settings,
+    owner_conn: Any,
+    platform: Platform,
+    in_process_consumer: IngestRole,
+) -> None:
+    device = await _device(client, settings)
+    start_ms = int(time.time() * 1000) - 30_000
+    payloads = readings(40, start_ms)
+    stored_before, duplicates_before = _counter("stored"), _counter("duplicate")
+    await publish(settings, device.telemetry_topic, payloads)
+    assert await wait_rows(owner_conn, device.device_id, 80, 10) == 80
+    row = await owner_conn.fetchrow(
+        "SELECT status, last_seen_at FROM devices WHERE device_id = $1", device.device_id
+    )
+    assert row["status"] == "active"
+    assert int(row["last_seen_at"].timestamp() * 1000) == start_ms + 39
+    latest = await platform.redis.client.hgetall(platform.redis.key("latest", device.device_id))
+    assert {k.decode(): orjson.loads(v) for k, v in latest.items()} == {
+        "a": [start_ms + 39, 39.0],
+        "b": [start_ms + 39, -39.0],
+    }
+    assert _counter("stored") - stored_before == 80
+
+    await publish(settings, device.telemetry_topic, payloads[:10])  # a replay
+    deadline = time.monotonic() + 10
+    while _counter("duplicate") - duplicates_before < 20 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _counter("duplicate") - duplicates_before == 20
+    assert await count_rows(owner_conn, device.device_id) == 80
