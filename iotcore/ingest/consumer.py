@@ -72,6 +72,52 @@ class Inbox:
         return messages
 
 
+class BufferedSocket:
+    """paho reads a packet with three or more `recv` calls (type, length, body), each one a
+    system call, and aiomqtt's reader callback asks it for one packet per wake-up of the
+    event loop. This reads whatever the kernel holds in one call and serves paho's small
+    reads from it; `pending()` is the hook aiomqtt already has for TLS sockets (which buffer
+    the same way): while it is non-zero, aiomqtt calls paho again without going back to the
+    event loop. Everything else is the socket's own."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buffer):
+            data = self._sock.recv(self.CHUNK)  # BlockingIOError and EOF reach paho as such
+            if len(data) <= size:
+                return bytes(data)
+            self._buffer, self._pos = data, 0
+        start = self._pos
+        self._pos = start + size
+        return self._buffer[start : self._pos]
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return max(0, len(self._buffer) - self._pos) + inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def buffer_reads(paho: PahoClient) -> None:
+    """Put a BufferedSocket under paho for every connection it opens."""
+    aiomqtt_on_open = paho.on_socket_open
+
+    def on_socket_open(client: PahoClient, userdata: Any, sock: Any) -> None:
+        buffered = BufferedSocket(sock)
+        client._sock = buffered
+        if aiomqtt_on_open is not None:
+            aiomqtt_on_open(client, userdata, buffered)
+
+    paho.on_socket_open = on_socket_open
+
+
 def ack_all(paho: PahoClient, mids: list[int]) -> None:
     """The PUBACKs of many messages as one queued write: the bytes paho's `ack(mid, 1)`
     would queue one packet (and one socket write) at a time."""
@@ -114,6 +160,7 @@ class Consumer:
         client._client.manual_ack_set(True)
         # Before connecting: a persistent session's queued messages arrive right after CONNACK.
         client._client.on_message = inbox.on_message
+        buffer_reads(client._client)
         return client
 
     async def _consume(self, client: aiomqtt.Client, inbox: Inbox) -> None:

@@ -98,10 +98,10 @@ class Submission:
     rejects: list[Reject] = field(default_factory=list)
     received_at: float = field(default_factory=time.monotonic)
     future: asyncio.Future[WriteResult] | None = None
+    rows: int = field(init=False)
 
-    @property
-    def rows(self) -> int:
-        return sum(len(p.metrics) for p in self.points)
+    def __post_init__(self) -> None:
+        self.rows = sum(len(p.metrics) for p in self.points)
 
 
 @dataclass
@@ -315,16 +315,19 @@ class TelemetryWriter:
         rows: dict[str, int] = defaultdict(int)
         stored_by: dict[str, int] = defaultdict(int)
         rejected: dict[str, int] = defaultdict(int)
+        lag = INGEST_LAG.observe
+        publish_lag = {t: INGEST_PUBLISH_LAG.labels(t).observe for t in ("mqtt", "http")}
         for index, submission in enumerate(batch):
             transport = submission.transport
             rows[transport] += submission.rows
             rejected[transport] += len(submission.rejects)
             if detailed:
                 stored_by[transport] += stored[index]
-            if submission.points:
-                INGEST_LAG.observe(now - submission.received_at)
-                published = max(p.ts for p in submission.points).timestamp()
-                INGEST_PUBLISH_LAG.labels(transport).observe(max(0.0, wall - published))
+            points = submission.points
+            if points:
+                lag(now - submission.received_at)
+                published = points[0].ts if len(points) == 1 else max(p.ts for p in points)
+                publish_lag[transport](max(0.0, wall - published.timestamp()))
         if not detailed:  # a batch without HTTP: one transport's total
             for transport in rows:
                 stored_by[transport] = stored_total
