@@ -59,7 +59,11 @@ class Inbox:
         self.messages.append(message)
         self._ready.set()
 
-    async def take(self, disconnected: asyncio.Future[None]) -> list[MQTTMessage]:
+    async def take(
+        self, disconnected: asyncio.Future[None], limit: int = 1000
+    ) -> list[MQTTMessage]:
+        """Up to `limit` messages, oldest first: a bounded slice of work between returns to
+        the event loop, so that timers (Redis and Postgres timeouts, keepalive) stay honest."""
         while not self.messages:
             self._ready.clear()
             waiter = asyncio.ensure_future(self._ready.wait())
@@ -68,7 +72,10 @@ class Inbox:
                 waiter.cancel()
                 cause = None if disconnected.cancelled() else disconnected.exception()
                 raise aiomqtt.MqttError("disconnected while waiting for messages") from cause
-        messages, self.messages = self.messages, []
+        if len(self.messages) <= limit:
+            messages, self.messages = self.messages, []
+        else:
+            messages, self.messages = self.messages[:limit], self.messages[limit:]
         return messages
 
 
@@ -190,6 +197,7 @@ class Consumer:
                         ack_all(paho, mids)
 
                 future.add_done_callback(ack)
+            await asyncio.sleep(0)  # let paho, the writer and the timers run between slices
 
     async def _submission(self, topic: str, payload: bytes) -> Submission:
         """Checking the device needs Postgres (or the cache): while it is away, wait and
