@@ -82,20 +82,36 @@ class Inbox:
 class BufferedSocket:
     """paho reads a packet with three or more `recv` calls (type, length, body), each one a
     system call, and aiomqtt's reader callback asks it for one packet per wake-up of the
-    event loop. This reads whatever the kernel holds in one call and serves paho's small
-    reads from it; `pending()` is the hook aiomqtt already has for TLS sockets (which buffer
-    the same way): while it is non-zero, aiomqtt calls paho again without going back to the
-    event loop. Everything else is the socket's own."""
+    event loop. This reads what the kernel holds in one call and serves paho's small reads
+    from it; `pending()` is the hook aiomqtt already has for TLS sockets (which buffer the
+    same way): while it is non-zero, aiomqtt calls paho again without going back to the
+    event loop.
 
-    CHUNK = 256 * 1024
+    One kernel read per turn of the event loop, at most: a refill asked for later in the
+    same turn answers "would block" (paho keeps the partial packet and goes on next turn,
+    the socket being still readable). Without that bound, a broker that keeps sending would
+    keep the reader callback busy forever, and the writer, the acks and every timer with it.
+    Everything else is the socket's own."""
+
+    CHUNK = 64 * 1024
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buffer = b""
         self._pos = 0
+        self._read_this_turn = False
 
     def recv(self, size: int) -> bytes:
         if self._pos >= len(self._buffer):
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:  # not on the event loop (paho connecting in a thread)
+                loop = None
+            if loop is not None:
+                if self._read_this_turn:
+                    raise BlockingIOError
+                self._read_this_turn = True
+                loop.call_soon(self._new_turn)
             data = self._sock.recv(self.CHUNK)  # BlockingIOError and EOF reach paho as such
             if len(data) <= size:
                 return bytes(data)
@@ -103,6 +119,9 @@ class BufferedSocket:
         start = self._pos
         self._pos = start + size
         return self._buffer[start : self._pos]
+
+    def _new_turn(self) -> None:
+        self._read_this_turn = False
 
     def pending(self) -> int:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0

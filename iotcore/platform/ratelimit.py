@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from iotcore.platform.redis import Redis
 
@@ -51,6 +53,53 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
+
+
+# The same, for many requests in one call: KEYS = every request's buckets in turn; ARGV =
+# now_ms, then per request: its number of buckets, its cost, (rate_per_s, burst) per bucket.
+# Requests are charged one after the other, each all or nothing, exactly as if each had
+# made its own call; returns one wait (ms, 0 = allowed) per request.
+_BUCKETS_MANY = """
+local now = tonumber(ARGV[1])
+local a = 2
+local k = 1
+local out = {}
+local r = 0
+while a <= #ARGV do
+  r = r + 1
+  local n = tonumber(ARGV[a])
+  local cost = tonumber(ARGV[a + 1])
+  a = a + 2
+  local wait = 0
+  local state = {}
+  for i = 0, n - 1 do
+    local rate = tonumber(ARGV[a + 2 * i])
+    local burst = tonumber(ARGV[a + 2 * i + 1])
+    local v = redis.call('HMGET', KEYS[k + i], 't', 'ts')
+    local tokens = tonumber(v[1]) or burst
+    local ts = tonumber(v[2]) or now
+    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+    if tokens < cost then
+      wait = math.max(wait, math.ceil((cost - tokens) * 1000 / rate))
+    end
+    state[i] = tokens
+  end
+  if wait == 0 then
+    for i = 0, n - 1 do
+      local rate = tonumber(ARGV[a + 2 * i])
+      local burst = tonumber(ARGV[a + 2 * i + 1])
+      redis.call('HSET', KEYS[k + i], 't', state[i] - cost, 'ts', now)
+      redis.call('PEXPIRE', KEYS[k + i], math.ceil(burst * 1000 / rate) + 1000)
+    end
+  end
+  out[r] = wait
+  a = a + 2 * n
+  k = k + n
+end
+return out
+"""
+
+MAX_COALESCED = 512
 
 
 @dataclass(frozen=True)
@@ -107,9 +156,51 @@ class Bucket:
 
 
 class TokenBuckets:
-    def __init__(self, redis: Redis) -> None:
+    """Token buckets in Redis. With `coalesce`, the takes of concurrent requests that arrive
+    in the same turn of the event loop go to Redis as one script call (each request still
+    charged atomically and answered on its own): the Redis client's per-command cost is
+    paid once per turn instead of once per request."""
+
+    def __init__(self, redis: Redis, coalesce: bool = False) -> None:
         self._redis = redis
         self._take = redis.client.register_script(_BUCKETS)
+        self._take_many = redis.client.register_script(_BUCKETS_MANY)
+        self._coalesce = coalesce
+        self._pending: list[tuple[list[Bucket], int, float, asyncio.Future[float]]] = []
+
+    async def take_coalesced(self, buckets: list[Bucket], now_ms: int, cost: float = 1) -> float:
+        if not self._coalesce:
+            return await self.take(buckets, now_ms, cost)
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((buckets, now_ms, cost, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending[:MAX_COALESCED], self._pending[MAX_COALESCED:]
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        task: asyncio.Future[Any]
+        if len(pending) == 1:
+            buckets, now_ms, cost, _ = pending[0]
+            task = asyncio.ensure_future(self.take(buckets, now_ms, cost))
+        else:
+            task = asyncio.ensure_future(self._many(pending))
+        task.add_done_callback(lambda done: _settle(done, pending))
+
+    async def _many(
+        self, pending: list[tuple[list[Bucket], int, float, asyncio.Future[float]]]
+    ) -> list[float]:
+        keys: list[str] = []
+        args: list[float] = [max(p[1] for p in pending)]
+        for buckets, _, cost, _ in pending:
+            keys.extend(b.key for b in buckets)
+            args.extend((len(buckets), cost))
+            for bucket in buckets:
+                args.extend((bucket.rate_per_s, bucket.burst))
+        waits = await self._take_many(keys=keys, args=args)
+        return [int(w) / 1000 for w in waits]
 
     async def take(self, buckets: list[Bucket], now_ms: int, cost: float = 1) -> float:
         """Charge `cost` to every bucket, or to none; returns seconds to wait (0 = allowed)."""
@@ -118,3 +209,20 @@ class TokenBuckets:
             args.extend((bucket.rate_per_s, bucket.burst))
         wait_ms = await self._take(keys=[b.key for b in buckets], args=args)
         return int(wait_ms) / 1000
+
+
+def _settle(
+    done: asyncio.Future[Any],
+    pending: list[tuple[list[Bucket], int, float, asyncio.Future[float]]],
+) -> None:
+    error = None if done.cancelled() else done.exception()
+    for index, (_, _, _, future) in enumerate(pending):
+        if future.done():
+            continue
+        if done.cancelled():
+            future.cancel()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            result = done.result()
+            future.set_result(result[index] if isinstance(result, list) else result)

@@ -55,7 +55,7 @@ class TelemetryIngest:
         self.writer = writer
         self._parser = PayloadParser(settings)
         self._topics: dict[str, tuple[UUID, UUID] | None] = {}
-        self._buckets = TokenBuckets(platform.redis)
+        self._buckets = TokenBuckets(platform.redis, coalesce=True)
         self._fail_open = settings.rate_limit_fail_open
         self._device_rate = (settings.rate_limit_device_per_s, settings.rate_limit_device_burst)
         self._tenant_rate = (settings.rate_limit_tenant_per_s, settings.rate_limit_tenant_burst)
@@ -165,7 +165,7 @@ class TelemetryIngest:
             Bucket(redis.key("tb", "tenant", str(identity.tenant_id)), *self._tenant_rate),
         ]
         try:
-            wait = await self._buckets.take(buckets, int(time.time() * 1000))
+            wait = await self._buckets.take_coalesced(buckets, int(time.time() * 1000))
         except Exception as exc:  # Redis unreachable: the configured failure mode decides
             if self._fail_open:
                 return
