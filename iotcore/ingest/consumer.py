@@ -8,10 +8,10 @@ everything that arrived since its last turn in one call. aiomqtt does not expose
 acknowledgements either, so the consumer switches them on in paho and, once the writer has
 committed a hand-off, queues all of its PUBACKs as one write.
 
-When Postgres is down the writer holds its batch, the queue fills, the consumer stops
-handing off, nothing is acked, the broker stops sending once its in-flight window
-(MQTT 5 Receive Maximum, EMQX `max_inflight`) is full, and it keeps the rest for the
-persistent session. That window is also the bound on what the inbox can hold.
+When Postgres is down (or the load is more than it can take) the writer holds its batch,
+its queue fills, the consumer stops handing off, the inbox fills, the consumer stops
+reading the socket (IOT_INGEST_RECEIVE_MAXIMUM messages, also the MQTT 5 Receive Maximum),
+nothing more is acked, and the broker keeps the rest for the persistent session.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,11 +50,21 @@ def subscription(settings: Settings) -> str:
 
 
 class Inbox:
-    """What paho has decoded and not yet been handed to the writer."""
+    """What paho has decoded and not yet been handed to the writer; at most `limit`
+    messages before reading stops (see gate_reads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 5000) -> None:
         self.messages: list[MQTTMessage] = []
+        self.limit = limit
         self._ready = asyncio.Event()
+        self._resume: Callable[[], None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.messages) >= self.limit
+
+    def pause(self, resume: Callable[[], None]) -> None:
+        self._resume = resume
 
     def on_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
         self.messages.append(message)
@@ -76,6 +87,9 @@ class Inbox:
             messages, self.messages = self.messages, []
         else:
             messages, self.messages = self.messages[:limit], self.messages[limit:]
+        if self._resume is not None and len(self.messages) <= self.limit // 2:
+            resume, self._resume = self._resume, None
+            resume()
         return messages
 
 
@@ -131,15 +145,50 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
-def buffer_reads(paho: PahoClient) -> None:
-    """Put a BufferedSocket under paho for every connection it opens."""
+def gate_reads(client: aiomqtt.Client, inbox: Inbox) -> None:
+    """For every connection paho opens: a BufferedSocket under it, and our own reader in
+    place of aiomqtt's, which stops reading the socket while the inbox is full and starts
+    again when the consumer has taken half of it. TCP then holds the broker back, and the
+    broker keeps the backlog for the persistent session: the consumer's memory stays
+    bounded whatever the broker's in-flight settings (MQTT 3.1.1 has no Receive Maximum)."""
+    paho = client._client
     aiomqtt_on_open = paho.on_socket_open
 
-    def on_socket_open(client: PahoClient, userdata: Any, sock: Any) -> None:
+    def on_socket_open(pc: PahoClient, userdata: Any, sock: Any) -> None:
         buffered = BufferedSocket(sock)
-        client._sock = buffered
+        pc._sock = buffered
         if aiomqtt_on_open is not None:
-            aiomqtt_on_open(client, userdata, buffered)
+            aiomqtt_on_open(pc, userdata, buffered)  # schedules aiomqtt's reader
+        loop = client._loop
+        fd = sock.fileno()
+
+        def reader() -> None:
+            try:  # what aiomqtt's reader does, stopping when the inbox fills
+                while not inbox.full:
+                    pc.loop_read()
+                    if buffered.pending() == 0:
+                        break
+            except Exception as exc:
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+                return
+            if inbox.full:
+                # Paused until the consumer has taken half; what is already buffered here
+                # is read on resume (the socket may never become readable again for it).
+                loop.remove_reader(fd)
+                inbox.pause(resume)
+
+        def resume() -> None:
+            if pc._sock is buffered:  # still this connection
+                loop.add_reader(fd, reader)
+                loop.call_soon(reader)  # for bytes already in the buffer
+
+        def take_over() -> None:
+            with contextlib.suppress(OSError, ValueError):  # closed already
+                loop.remove_reader(fd)
+                loop.add_reader(fd, reader)
+
+        loop.call_soon_threadsafe(take_over)  # after aiomqtt's add_reader
 
     paho.on_socket_open = on_socket_open
 
@@ -157,6 +206,7 @@ class Consumer:
         self._ingest = ingest
         self._task: asyncio.Task[None] | None = None
         self.connected = False
+        self.inbox = Inbox()
 
     def _client(self, inbox: Inbox) -> aiomqtt.Client:
         settings = self._settings
@@ -186,7 +236,7 @@ class Consumer:
         client._client.manual_ack_set(True)
         # Before connecting: a persistent session's queued messages arrive right after CONNACK.
         client._client.on_message = inbox.on_message
-        buffer_reads(client._client)
+        gate_reads(client, inbox)
         return client
 
     async def _consume(self, client: aiomqtt.Client, inbox: Inbox) -> None:
@@ -234,7 +284,7 @@ class Consumer:
         delay = 0.5
         while True:
             try:
-                inbox = Inbox()
+                inbox = self.inbox = Inbox(self._settings.ingest_receive_maximum)
                 async with self._client(inbox) as client:
                     delay = 0.5
                     await self._consume(client, inbox)
