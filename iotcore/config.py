@@ -126,10 +126,17 @@ class Settings(BaseSettings):
     partitions_ahead_days: int = Field(default=7, ge=1)
     ingest_client_id: str = "iotcore-ingest-1"
     ingest_session_expiry_s: int = Field(default=12 * 3600, ge=0)
-    ingest_receive_maximum: int = Field(default=5_000, ge=1, le=65535)
+    ingest_receive_maximum: int = Field(
+        default=5_000,
+        ge=1,
+        le=65535,
+        description="Messages the consumer holds unacked before it stops reading the socket "
+        "(also its MQTT 5 Receive Maximum); the broker keeps the rest",
+    )
     # MQTT 3.1.1 by default: paho builds a v5 Properties object per message, which measured
     # ~20% slower and 5x the memory (loadtests/RESULTS.md). Shared subscriptions and
-    # persistent sessions work on 3.1.1 with EMQX and Mosquitto; the broker bounds in-flight.
+    # persistent sessions work on 3.1.1 with EMQX and Mosquitto; the consumer bounds what it
+    # holds itself (IOT_INGEST_RECEIVE_MAXIMUM), since 3.1.1 has no Receive Maximum.
     mqtt_protocol_v5: bool = False
 
     @field_validator("database_read_url", mode="before")

@@ -161,6 +161,9 @@ class TelemetryWriter:
         consumer stops reading (and acking) instead of growing the queue."""
         rows = sum(_weight(s) for s in submissions)
         while self._queued_rows + rows > self._capacity and self._queued_rows:
+            # Cleared first: the event may still be set (some room, not enough for this
+            # hand-off), and waiting on a set event would spin without yielding.
+            self._space.clear()
             await self._space.wait()
         return self._enqueue(submissions, rows)
 
