@@ -289,34 +289,35 @@ async def main_async(args: argparse.Namespace) -> None:
                 devices = await claimed_devices(session, base, await tenant(session, base), 100)
                 topics_file = Path(tmp) / "topics"
                 topics_file.write_text("\n".join(d.topic for d in devices))
-                bare = await bare_loop(mqtt_port, topics_file, args.messages)
-                print(f"(a) bare aiomqtt loop, receive + count: {bare:,.0f} msg/s")
-                floor = sub_insert_baseline(mqtt_port, topics_file, args.messages)
-                print(
-                    f"(b) mosquitto_sub | batched insert: {floor:,.0f} msg/s "
-                    f"= {2 * floor:,.0f} rows/s"
-                )
-                runs = await consumer_runs(session, mqtt_port, topics_file, args)
-                capacity = runs["capacity"]
-                print(
-                    f"iotcore ingest capacity (QoS 1 to committed rows, 2 metrics/msg): "
-                    f"{capacity:,.0f} msg/s = {2 * capacity:,.0f} rows/s; "
-                    f"{capacity / bare:.0%} of (a), {capacity / floor:.0%} of (b)"
-                )
-                sus = runs["sustained"]
-                print(
-                    f"sustained {args.duration:.0f} s at {sus['offered']:,.0f} msg/s offered: "
-                    f"{sus['stored_messages']:,.0f} of {sus['sent']:,} stored, "
-                    f"{sus['rate']:,.0f} msg/s to the last commit; publish-to-commit "
-                    f"p50 <= {sus['p50'] * 1000:.0f} ms, p99 <= {sus['p99'] * 1000:.0f} ms; "
-                    f"peak RSS {sus['rss']:.0f} MB"
-                )
-                over = runs["overload"]
-                print(
-                    f"overload {args.duration:.0f} s at {over['offered']:,.0f} msg/s offered "
-                    f"(2x capacity): peak RSS {over['rss']:.0f} MB; afterwards "
-                    f"{over['stored_messages']:,.0f} of {over['sent']:,} stored"
-                )
+                if not args.webhook_only:
+                    bare = await bare_loop(mqtt_port, topics_file, args.messages)
+                    print(f"(a) bare aiomqtt loop, receive + count: {bare:,.0f} msg/s")
+                    floor = sub_insert_baseline(mqtt_port, topics_file, args.messages)
+                    print(
+                        f"(b) mosquitto_sub | batched insert: {floor:,.0f} msg/s "
+                        f"= {2 * floor:,.0f} rows/s"
+                    )
+                    runs = await consumer_runs(session, mqtt_port, topics_file, args)
+                    capacity = runs["capacity"]
+                    print(
+                        f"iotcore ingest capacity (QoS 1 to committed rows, 2 metrics/msg): "
+                        f"{capacity:,.0f} msg/s = {2 * capacity:,.0f} rows/s; "
+                        f"{capacity / bare:.0%} of (a), {capacity / floor:.0%} of (b)"
+                    )
+                    sus = runs["sustained"]
+                    print(
+                        f"sustained {args.duration:.0f} s at {sus['offered']:,.0f} msg/s offered: "
+                        f"{sus['stored_messages']:,.0f} of {sus['sent']:,} stored, "
+                        f"{sus['rate']:,.0f} msg/s to the last commit; publish-to-commit "
+                        f"p50 <= {sus['p50'] * 1000:.0f} ms, p99 <= {sus['p99'] * 1000:.0f} ms; "
+                        f"peak RSS {sus['rss']:.0f} MB"
+                    )
+                    over = runs["overload"]
+                    print(
+                        f"overload {args.duration:.0f} s at {over['offered']:,.0f} msg/s offered "
+                        f"(2x capacity): peak RSS {over['rss']:.0f} MB; afterwards "
+                        f"{over['stored_messages']:,.0f} of {over['sent']:,} stored"
+                    )
 
                 if args.skip_webhook:
                     return
@@ -366,6 +367,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=12_000, help="sustained msg/s")
     parser.add_argument("--duration", type=float, default=60, help="sustained/overload s")
     parser.add_argument("--skip-webhook", action="store_true")
+    parser.add_argument("--webhook-only", action="store_true")
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy raw profile of the consumer")
     parser.add_argument("--seconds", type=float, default=10)
     asyncio.run(main_async(parser.parse_args()))
