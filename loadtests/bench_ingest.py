@@ -195,6 +195,33 @@ def lag_percentile(
     return math.inf
 
 
+async def _sustained(
+    consumer: Consumer,
+    session: aiohttp.ClientSession,
+    port: int,
+    topics_file: Path,
+    args: argparse.Namespace,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    """The target rate for the given time, then the publish-to-commit lag of that run."""
+    base, lag_before = await consumer.scrape(session)
+    offered = summary(
+        load(port, topics_file, "--rate", str(args.rate), "--seconds", str(args.duration))
+    )
+    seen, stored = await consumer.wait_stored(session, base + 2 * offered["sent"], 300)
+    _, lag_after = await consumer.scrape(session)
+    out["sustained"] = {
+        "offered": offered["sent"] / offered["seconds"],
+        "stored_messages": (stored - base) / 2,
+        "sent": offered["sent"],
+        "rate": (stored - base) / 2 / (seen - offered["started_at"]),
+        "p50": lag_percentile(lag_before, lag_after, 0.50),
+        "p99": lag_percentile(lag_before, lag_after, 0.99),
+        "rss": consumer.peak_rss_mb,
+    }
+    return out
+
+
 async def consumer_runs(
     session: aiohttp.ClientSession, port: int, topics_file: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -203,6 +230,9 @@ async def consumer_runs(
     try:
         await consumer.ready(session)
         # Capacity: N messages offered as fast as the broker takes them.
+        if args.capacity:  # given: skip the capacity run
+            out["capacity"] = args.capacity
+            return await _sustained(consumer, session, port, topics_file, args, out)
         base, _ = await consumer.scrape(session)
         generator = load(port, topics_file, "--count", str(args.messages))
         if args.py_spy:  # where the consumer's time goes, for whoever tunes it
@@ -226,22 +256,7 @@ async def consumer_runs(
         seen, stored = await consumer.wait_stored(session, base + 2 * args.messages, 300)
         out["capacity"] = (stored - base) / 2 / (seen - started)
 
-        # Sustained: the target rate for the given time, then publish-to-commit lag.
-        base, lag_before = await consumer.scrape(session)
-        offered = summary(
-            load(port, topics_file, "--rate", str(args.rate), "--seconds", str(args.duration))
-        )
-        seen, stored = await consumer.wait_stored(session, base + 2 * offered["sent"], 120)
-        _, lag_after = await consumer.scrape(session)
-        out["sustained"] = {
-            "offered": offered["sent"] / offered["seconds"],
-            "stored_messages": (stored - base) / 2,
-            "sent": offered["sent"],
-            "rate": (stored - base) / 2 / (seen - offered["started_at"]),
-            "p50": lag_percentile(lag_before, lag_after, 0.50),
-            "p99": lag_percentile(lag_before, lag_after, 0.99),
-            "rss": consumer.peak_rss_mb,
-        }
+        await _sustained(consumer, session, port, topics_file, args, out)
 
         # Overload: twice the measured capacity for the same time; memory must stay bounded
         # (the broker holds the backlog), and once the load stops, everything is stored.
@@ -290,20 +305,22 @@ async def main_async(args: argparse.Namespace) -> None:
                 topics_file = Path(tmp) / "topics"
                 topics_file.write_text("\n".join(d.topic for d in devices))
                 if not args.webhook_only:
-                    bare = await bare_loop(mqtt_port, topics_file, args.messages)
-                    print(f"(a) bare aiomqtt loop, receive + count: {bare:,.0f} msg/s")
-                    floor = sub_insert_baseline(mqtt_port, topics_file, args.messages)
-                    print(
-                        f"(b) mosquitto_sub | batched insert: {floor:,.0f} msg/s "
-                        f"= {2 * floor:,.0f} rows/s"
-                    )
+                    if not args.capacity:
+                        bare = await bare_loop(mqtt_port, topics_file, args.messages)
+                        print(f"(a) bare aiomqtt loop, receive + count: {bare:,.0f} msg/s")
+                        floor = sub_insert_baseline(mqtt_port, topics_file, args.messages)
+                        print(
+                            f"(b) mosquitto_sub | batched insert: {floor:,.0f} msg/s "
+                            f"= {2 * floor:,.0f} rows/s"
+                        )
                     runs = await consumer_runs(session, mqtt_port, topics_file, args)
                     capacity = runs["capacity"]
-                    print(
-                        f"iotcore ingest capacity (QoS 1 to committed rows, 2 metrics/msg): "
-                        f"{capacity:,.0f} msg/s = {2 * capacity:,.0f} rows/s; "
-                        f"{capacity / bare:.0%} of (a), {capacity / floor:.0%} of (b)"
-                    )
+                    if not args.capacity:
+                        print(
+                            f"iotcore ingest capacity (QoS 1 to committed rows, 2 metrics/msg): "
+                            f"{capacity:,.0f} msg/s = {2 * capacity:,.0f} rows/s; "
+                            f"{capacity / bare:.0%} of (a), {capacity / floor:.0%} of (b)"
+                        )
                     sus = runs["sustained"]
                     print(
                         f"sustained {args.duration:.0f} s at {sus['offered']:,.0f} msg/s offered: "
@@ -312,12 +329,13 @@ async def main_async(args: argparse.Namespace) -> None:
                         f"p50 <= {sus['p50'] * 1000:.0f} ms, p99 <= {sus['p99'] * 1000:.0f} ms; "
                         f"peak RSS {sus['rss']:.0f} MB"
                     )
-                    over = runs["overload"]
-                    print(
-                        f"overload {args.duration:.0f} s at {over['offered']:,.0f} msg/s offered "
-                        f"(2x capacity): peak RSS {over['rss']:.0f} MB; afterwards "
-                        f"{over['stored_messages']:,.0f} of {over['sent']:,} stored"
-                    )
+                    if "overload" in runs:
+                        over = runs["overload"]
+                        print(
+                            f"overload {args.duration:.0f} s at {over['offered']:,.0f} msg/s "
+                            f"offered (2x capacity): peak RSS {over['rss']:.0f} MB; afterwards "
+                            f"{over['stored_messages']:,.0f} of {over['sent']:,} stored"
+                        )
 
                 if args.skip_webhook:
                     return
@@ -368,6 +386,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60, help="sustained/overload s")
     parser.add_argument("--skip-webhook", action="store_true")
     parser.add_argument("--webhook-only", action="store_true")
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        default=0,
+        help="skip the baselines and the capacity run: only the sustained run at --rate",
+    )
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy raw profile of the consumer")
     parser.add_argument("--seconds", type=float, default=10)
     asyncio.run(main_async(parser.parse_args()))
