@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from iotcore.platform.redis import Redis
 
@@ -25,40 +24,11 @@ end
 return out
 """
 
-# KEYS: buckets; ARGV: now_ms, cost, then (rate_per_s, burst) per key. All or nothing: if any
-# bucket lacks tokens nothing is charged and the wait (ms) until it has them is returned.
-_BUCKETS = """
-local now = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local wait = 0
-local state = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local v = redis.call('HMGET', key, 't', 'ts')
-  local tokens = tonumber(v[1]) or burst
-  local ts = tonumber(v[2]) or now
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-  if tokens < cost then
-    wait = math.max(wait, math.ceil((cost - tokens) * 1000 / rate))
-  end
-  state[i] = tokens
-end
-if wait > 0 then return wait end
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  redis.call('HSET', key, 't', state[i] - cost, 'ts', now)
-  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
-end
-return 0
-"""
-
-
-# The same, for many requests in one call: KEYS = every request's buckets in turn; ARGV =
-# now_ms, then per request: its number of buckets, its cost, (rate_per_s, burst) per bucket.
-# Requests are charged one after the other, each all or nothing, exactly as if each had
-# made its own call; returns one wait (ms, 0 = allowed) per request.
+# Token buckets for one or many requests in one call: KEYS = every request's buckets in
+# turn; ARGV = now_ms, then per request: its number of buckets, its cost, (rate_per_s,
+# burst) per bucket. Each request is all or nothing: if any of its buckets lacks tokens,
+# none is charged and its wait (ms) until they have them is returned (0 = allowed).
+# Requests are charged one after the other, exactly as if each had made its own call.
 _BUCKETS_MANY = """
 local now = tonumber(ARGV[1])
 local a = 2
@@ -163,10 +133,10 @@ class TokenBuckets:
 
     def __init__(self, redis: Redis, coalesce: bool = False) -> None:
         self._redis = redis
-        self._take = redis.client.register_script(_BUCKETS)
         self._take_many = redis.client.register_script(_BUCKETS_MANY)
         self._coalesce = coalesce
         self._pending: list[tuple[list[Bucket], int, float, asyncio.Future[float]]] = []
+        self._flushing: set[asyncio.Future[list[float]]] = set()
 
     async def take_coalesced(self, buckets: list[Bucket], now_ms: int, cost: float = 1) -> float:
         if not self._coalesce:
@@ -181,20 +151,15 @@ class TokenBuckets:
         pending, self._pending = self._pending[:MAX_COALESCED], self._pending[MAX_COALESCED:]
         if self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        task: asyncio.Future[Any]
-        if len(pending) == 1:
-            buckets, now_ms, cost, _ = pending[0]
-            task = asyncio.ensure_future(self.take(buckets, now_ms, cost))
-        else:
-            task = asyncio.ensure_future(self._many(pending))
-        task.add_done_callback(lambda done: _settle(done, pending))
+        task = asyncio.ensure_future(self._many([(b, n, c) for b, n, c, _ in pending]))
+        self._flushing.add(task)  # a reference until it is done (the loop keeps only a weak one)
+        task.add_done_callback(self._flushing.discard)
+        task.add_done_callback(lambda done: _settle(done, [p[3] for p in pending]))
 
-    async def _many(
-        self, pending: list[tuple[list[Bucket], int, float, asyncio.Future[float]]]
-    ) -> list[float]:
+    async def _many(self, requests: list[tuple[list[Bucket], int, float]]) -> list[float]:
         keys: list[str] = []
-        args: list[float] = [max(p[1] for p in pending)]
-        for buckets, _, cost, _ in pending:
+        args: list[float] = [max(r[1] for r in requests)]
+        for buckets, _, cost in requests:
             keys.extend(b.key for b in buckets)
             args.extend((len(buckets), cost))
             for bucket in buckets:
@@ -204,19 +169,13 @@ class TokenBuckets:
 
     async def take(self, buckets: list[Bucket], now_ms: int, cost: float = 1) -> float:
         """Charge `cost` to every bucket, or to none; returns seconds to wait (0 = allowed)."""
-        args: list[float] = [now_ms, cost]
-        for bucket in buckets:
-            args.extend((bucket.rate_per_s, bucket.burst))
-        wait_ms = await self._take(keys=[b.key for b in buckets], args=args)
-        return int(wait_ms) / 1000
+        (wait,) = await self._many([(buckets, now_ms, cost)])
+        return wait
 
 
-def _settle(
-    done: asyncio.Future[Any],
-    pending: list[tuple[list[Bucket], int, float, asyncio.Future[float]]],
-) -> None:
+def _settle(done: asyncio.Future[list[float]], futures: list[asyncio.Future[float]]) -> None:
     error = None if done.cancelled() else done.exception()
-    for index, (_, _, _, future) in enumerate(pending):
+    for index, future in enumerate(futures):
         if future.done():
             continue
         if done.cancelled():
@@ -224,5 +183,4 @@ def _settle(
         elif error is not None:
             future.set_exception(error)
         else:
-            result = done.result()
-            future.set_result(result[index] if isinstance(result, list) else result)
+            future.set_result(done.result()[index])
