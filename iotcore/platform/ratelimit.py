@@ -151,8 +151,9 @@ class TokenBuckets:
         pending, self._pending = self._pending[:MAX_COALESCED], self._pending[MAX_COALESCED:]
         if self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        task = asyncio.ensure_future(self._many([(b, n, c) for b, n, c, _ in pending]))
-        self._flushing.add(task)  # a reference until it is done (the loop keeps only a weak one)
+        # Kept in _flushing until done (the loop holds only a weak reference).
+        task = asyncio.ensure_future(self._many([(b, n, c) for b, n, c, _ in pending]))  # noqa: RUF006
+        self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
         task.add_done_callback(lambda done: _settle(done, [p[3] for p in pending]))
 
