@@ -79,6 +79,12 @@ class _Credentials:
     previous_valid_until: datetime | None
 
 
+def _identity(device_id: UUID, credentials: _Credentials | None) -> DeviceIdentity | None:
+    if credentials is None:
+        return None
+    return DeviceIdentity(device_id, credentials.tenant_id, credentials.status)
+
+
 class DeviceRegistry:
     """Device credentials with a short in-process cache. Rotate, reset and claim drop the
     entry here and, through a Redis channel, in every other replica; the TTL bounds staleness
@@ -123,11 +129,18 @@ class DeviceRegistry:
         with contextlib.suppress(Exception):
             await self._platform.redis.client.publish(self._channel, str(device_id))
 
-    async def _credentials(self, device_id: UUID) -> _Credentials | None:
-        now = time.monotonic()
+    def _fresh(self, device_id: UUID) -> tuple[bool, _Credentials | None]:
+        """(found, credentials) from the cache, if the entry has not expired."""
         cached = self._cache.get(device_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is None or cached[0] <= time.monotonic():
+            return False, None
+        return True, cached[1]
+
+    async def _credentials(self, device_id: UUID) -> _Credentials | None:
+        found, credentials = self._fresh(device_id)
+        if found:
+            return credentials
+        now = time.monotonic()
         async with self._platform.db.transaction() as conn:
             row = await conn.fetchrow(SQL["credentials"], device_id)
         credentials = _Credentials(**dict(row)) if row else None
@@ -138,19 +151,11 @@ class DeviceRegistry:
 
     def cached(self, device_id: UUID) -> tuple[bool, DeviceIdentity | None]:
         """(found, identity) from the cache alone: the consumer's fast path, no await."""
-        cached = self._cache.get(device_id)
-        if cached is None or cached[0] <= time.monotonic():
-            return False, None
-        credentials = cached[1]
-        if credentials is None:
-            return True, None
-        return True, DeviceIdentity(device_id, credentials.tenant_id, credentials.status)
+        found, credentials = self._fresh(device_id)
+        return found, _identity(device_id, credentials)
 
     async def resolve(self, device_id: UUID) -> DeviceIdentity | None:
-        credentials = await self._credentials(device_id)
-        if credentials is None:
-            return None
-        return DeviceIdentity(device_id, credentials.tenant_id, credentials.status)
+        return _identity(device_id, await self._credentials(device_id))
 
     async def authenticate(self, device_id: str, secret: str) -> DeviceIdentity | None:
         parsed = parse_uuid(device_id)

@@ -70,10 +70,8 @@ class Inbox:
         self.messages.append(message)
         self._ready.set()
 
-    async def take(
-        self, disconnected: asyncio.Future[None], limit: int = 1000
-    ) -> list[MQTTMessage]:
-        """Up to `limit` messages, oldest first: a bounded slice of work between returns to
+    async def take(self, disconnected: asyncio.Future[None], most: int = 1000) -> list[MQTTMessage]:
+        """Up to `most` messages, oldest first: a bounded slice of work between returns to
         the event loop, so that timers (Redis and Postgres timeouts, keepalive) stay honest."""
         while not self.messages:
             self._ready.clear()
@@ -83,10 +81,10 @@ class Inbox:
                 waiter.cancel()
                 cause = None if disconnected.cancelled() else disconnected.exception()
                 raise aiomqtt.MqttError("disconnected while waiting for messages") from cause
-        if len(self.messages) <= limit:
+        if len(self.messages) <= most:
             messages, self.messages = self.messages, []
         else:
-            messages, self.messages = self.messages[:limit], self.messages[limit:]
+            messages, self.messages = self.messages[:most], self.messages[most:]
         if self._resume is not None and len(self.messages) <= self.limit // 2:
             resume, self._resume = self._resume, None
             resume()

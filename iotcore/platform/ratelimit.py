@@ -126,21 +126,19 @@ class Bucket:
 
 
 class TokenBuckets:
-    """Token buckets in Redis. With `coalesce`, the takes of concurrent requests that arrive
-    in the same turn of the event loop go to Redis as one script call (each request still
-    charged atomically and answered on its own): the Redis client's per-command cost is
-    paid once per turn instead of once per request."""
+    """Token buckets in Redis. The takes of concurrent requests that arrive in the same turn
+    of the event loop go to Redis as one script call (each request still charged atomically
+    and answered on its own): the Redis client's per-command cost is paid once per turn
+    instead of once per request."""
 
-    def __init__(self, redis: Redis, coalesce: bool = False) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._take_many = redis.client.register_script(_BUCKETS_MANY)
-        self._coalesce = coalesce
         self._pending: list[tuple[list[Bucket], int, float, asyncio.Future[float]]] = []
         self._flushing: set[asyncio.Future[list[float]]] = set()
 
-    async def take_coalesced(self, buckets: list[Bucket], now_ms: int, cost: float = 1) -> float:
-        if not self._coalesce:
-            return await self.take(buckets, now_ms, cost)
+    async def take(self, buckets: list[Bucket], now_ms: int, cost: float = 1) -> float:
+        """Charge `cost` to every bucket, or to none; returns seconds to wait (0 = allowed)."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -167,11 +165,6 @@ class TokenBuckets:
                 args.extend((bucket.rate_per_s, bucket.burst))
         waits = await self._take_many(keys=keys, args=args)
         return [int(w) / 1000 for w in waits]
-
-    async def take(self, buckets: list[Bucket], now_ms: int, cost: float = 1) -> float:
-        """Charge `cost` to every bucket, or to none; returns seconds to wait (0 = allowed)."""
-        (wait,) = await self._many([(buckets, now_ms, cost)])
-        return wait
 
 
 def _settle(done: asyncio.Future[list[float]], futures: list[asyncio.Future[float]]) -> None:

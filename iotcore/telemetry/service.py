@@ -55,23 +55,21 @@ class TelemetryIngest:
         self.writer = writer
         self._parser = PayloadParser(settings)
         self._topics: dict[str, tuple[UUID, UUID] | None] = {}
-        self._buckets = TokenBuckets(platform.redis, coalesce=True)
+        self._buckets = TokenBuckets(platform.redis)
         self._fail_open = settings.rate_limit_fail_open
         self._device_rate = (settings.rate_limit_device_per_s, settings.rate_limit_device_burst)
         self._tenant_rate = (settings.rate_limit_tenant_per_s, settings.rate_limit_tenant_burst)
 
     # ------------------------------------------------------------------ MQTT
 
-    async def from_mqtt(
-        self, topic: str, payload: bytes, received: datetime | None = None
-    ) -> Submission:
+    async def from_mqtt(self, topic: str, payload: bytes) -> Submission:
         """Always a submission: a bad message becomes one carrying only its reject, so that
         it is recorded, counted and acknowledged, and never stops the stream."""
         parsed_topic = self._topic(topic)
         if parsed_topic is None:
             return self._bad_topic(topic, payload)
         identity = await self.registry.resolve(parsed_topic[1])
-        return self._checked(topic, payload, parsed_topic, identity, received)
+        return self._checked(topic, payload, parsed_topic, identity, datetime.now(UTC))
 
     def from_mqtt_cached(self, topic: str, payload: bytes, received: datetime) -> Submission | None:
         """from_mqtt without an await, when the device is in the registry's cache (the
@@ -102,7 +100,7 @@ class TelemetryIngest:
         payload: bytes,
         parsed_topic: tuple[UUID, UUID],
         identity: DeviceIdentity | None,
-        received: datetime | None,
+        received: datetime,
     ) -> Submission:
         topic_tenant, device_id = parsed_topic
         if identity is None or identity.tenant_id is None:
@@ -124,7 +122,7 @@ class TelemetryIngest:
                 payload,
             )
         try:
-            parsed = self._parser.parse(payload, received or datetime.now(UTC))
+            parsed = self._parser.parse(payload, received)
         except PayloadRejected as exc:
             return self._rejected(
                 exc.reason, exc.message, identity.tenant_id, device_id, topic, payload
@@ -165,7 +163,7 @@ class TelemetryIngest:
             Bucket(redis.key("tb", "tenant", str(identity.tenant_id)), *self._tenant_rate),
         ]
         try:
-            wait = await self._buckets.take_coalesced(buckets, int(time.time() * 1000))
+            wait = await self._buckets.take(buckets, int(time.time() * 1000))
         except Exception as exc:  # Redis unreachable: the configured failure mode decides
             if self._fail_open:
                 return

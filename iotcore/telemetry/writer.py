@@ -151,10 +151,6 @@ class TelemetryWriter:
             raise Overloaded("The write queue is full; retry later.", retry_after_s=1)
         return self._enqueue([submission], rows)
 
-    async def submit(self, submission: Submission) -> asyncio.Future[WriteResult]:
-        """One submission; waits for room (see submit_many)."""
-        return await self.submit_many([submission])
-
     async def submit_many(self, submissions: list[Submission]) -> asyncio.Future[WriteResult]:
         """For MQTT: many messages in one hand-off, and a future that resolves when all of
         them are committed (with the last one's result). Waits for room, so that the
