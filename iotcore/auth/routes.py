@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from iotcore.auth.principal import Role, UserPrincipal
 from iotcore.auth.schemas import (
     CreateUserRequest,
     LoginRequest,
@@ -14,10 +15,25 @@ from iotcore.auth.schemas import (
     UserList,
     UserOut,
 )
-from iotcore.auth.service import AUTH_SERVICE_KEY, AuthService, Caller, require_user
+from iotcore.auth.service import AuthService, Caller
 from iotcore.platform.context import PLATFORM_KEY
+from iotcore.platform.errors import Forbidden, Unauthenticated
 from iotcore.platform.http import Endpoint, client_ip, json_response
 from iotcore.platform.pagination import ListQuery
+
+AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)
+
+
+async def require_user(request: web.Request, minimum_role: Role = "viewer") -> UserPrincipal:
+    """The caller's principal from `Authorization: Bearer`, at least `minimum_role`."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Send an access token: Authorization: Bearer <token>.")
+    principal = request.app[AUTH_SERVICE_KEY].principal_from_token(token.strip())
+    if not principal.at_least(minimum_role):
+        raise Forbidden(f"This needs the {minimum_role} role or higher.")
+    return principal
 
 
 def _service(request: web.Request) -> AuthService:

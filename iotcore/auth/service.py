@@ -9,7 +9,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
-from aiohttp import web
 
 from iotcore.auth.passwords import Passwords, check_password_rules
 from iotcore.auth.principal import Role, UserPrincipal
@@ -19,7 +18,6 @@ from iotcore.platform.context import Platform
 from iotcore.platform.db import Connection
 from iotcore.platform.errors import (
     Conflict,
-    Forbidden,
     RateLimited,
     Unauthenticated,
 )
@@ -245,18 +243,3 @@ def _token_response(row: Any, access: str, refresh: str, expires_in: int) -> Tok
     return TokenResponse(
         user=user, tenant=tenant, access_token=access, refresh_token=refresh, expires_in=expires_in
     )
-
-
-AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)
-
-
-async def require_user(request: web.Request, minimum_role: Role = "viewer") -> UserPrincipal:
-    """The caller's principal from `Authorization: Bearer`, at least `minimum_role`."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("Send an access token: Authorization: Bearer <token>.")
-    principal = request.app[AUTH_SERVICE_KEY].principal_from_token(token.strip())
-    if not principal.at_least(minimum_role):
-        raise Forbidden(f"This needs the {minimum_role} role or higher.")
-    return principal

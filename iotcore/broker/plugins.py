@@ -12,7 +12,7 @@ from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from iotcore.devices.service import MqttAccess
+from iotcore.devices.mqtt_access import MqttAccess
 
 ACCESS: dict[str, MqttAccess] = {}
 

@@ -9,7 +9,8 @@ import uuid
 from amqtt.broker import Broker
 
 from iotcore.broker import plugins
-from iotcore.devices.service import DeviceRegistry, MqttAccess
+from iotcore.devices.mqtt_access import MqttAccess
+from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
 
 log = logging.getLogger("iotcore.broker")

@@ -7,7 +7,9 @@ from uuid import UUID
 
 from aiohttp import web
 
-from iotcore.auth.service import require_user
+from iotcore.auth.routes import require_user
+from iotcore.devices.mqtt_access import MqttAccess
+from iotcore.devices.registry import DeviceRegistry, parse_uuid
 from iotcore.devices.schemas import (
     Accepted,
     AuthnHookRequest,
@@ -25,21 +27,18 @@ from iotcore.devices.schemas import (
     ResetRequest,
     SecretResponse,
 )
-from iotcore.devices.service import (
-    DEVICE_REGISTRY_KEY,
-    DEVICE_SERVICE_KEY,
-    MQTT_ACCESS_KEY,
-    DeviceRegistry,
-    DeviceService,
-    MqttAccess,
-    parse_uuid,
-)
+from iotcore.devices.service import DeviceService
+from iotcore.devices.verification import SignedRequest
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound, Unauthenticated
-from iotcore.platform.http import Endpoint, client_ip, json_response
+from iotcore.platform.http import Endpoint, client_ip, json_response, read_body
 
 TAG = "devices"
 DENY = {"result": "deny"}
+
+DEVICE_REGISTRY_KEY = web.AppKey("device_registry", DeviceRegistry)
+MQTT_ACCESS_KEY = web.AppKey("mqtt_access", MqttAccess)
+DEVICE_SERVICE_KEY = web.AppKey("device_service", DeviceService)
 
 
 def _service(request: web.Request) -> DeviceService:
@@ -53,9 +52,14 @@ def _device_id(request: web.Request) -> UUID:
     return device_id
 
 
+async def _signed(request: web.Request) -> SignedRequest:
+    body = await read_body(request)
+    return SignedRequest.of(request.headers, request.method, request.rel_url.raw_path, body)
+
+
 async def provision(request: web.Request, body: FactoryRequest) -> web.Response:
     service = _service(request)
-    await service.factory_key(request)
+    await service.factory_key(request.headers.get("X-Key-Id", ""), await _signed(request))
     devices = await service.provision(body.devices)
     status = 201 if any(d.created for d in devices) else 200
     return json_response(FactoryResponse(devices=devices), status=status)
@@ -63,13 +67,17 @@ async def provision(request: web.Request, body: FactoryRequest) -> web.Response:
 
 async def bootstrap(request: web.Request, body: EmptyBody) -> web.Response:
     service = _service(request)
-    row = await service.signed_device(request)
+    row = await service.signed_device(
+        request.headers.get("X-Device-Id", ""), await _signed(request)
+    )
     return json_response(service.bootstrap(row))
 
 
 async def fetch_secret(request: web.Request, body: EmptyBody) -> web.Response:
     service = _service(request)
-    row = await service.signed_device(request)
+    row = await service.signed_device(
+        request.headers.get("X-Device-Id", ""), await _signed(request)
+    )
     return json_response(await service.deliver_secret(row, client_ip(request)))
 
 

@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from iotcore.config import Settings
-from iotcore.devices.service import DeviceRegistry
+from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.telemetry.service import TelemetryIngest
 from iotcore.telemetry.writer import TRANSIENT, Submission, TelemetryWriter, WriteResult

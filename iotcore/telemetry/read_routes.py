@@ -8,8 +8,9 @@ from uuid import UUID
 from aiohttp import web
 
 from iotcore.auth.principal import UserPrincipal
-from iotcore.auth.service import require_user
-from iotcore.devices.service import DEVICE_REGISTRY_KEY, parse_uuid
+from iotcore.auth.routes import require_user
+from iotcore.devices.registry import parse_uuid
+from iotcore.devices.routes import DEVICE_REGISTRY_KEY
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound
 from iotcore.platform.http import Endpoint, json_response

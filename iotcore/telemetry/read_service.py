@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from iotcore.auth.principal import UserPrincipal
-from iotcore.devices.service import DeviceRegistry
+from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.platform.db import Connection
 from iotcore.platform.errors import NotFound, ValidationFailed

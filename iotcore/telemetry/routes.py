@@ -8,7 +8,8 @@ import binascii
 
 from aiohttp import web
 
-from iotcore.devices.service import DEVICE_REGISTRY_KEY, DeviceIdentity
+from iotcore.devices.registry import DeviceIdentity
+from iotcore.devices.routes import DEVICE_REGISTRY_KEY
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import Unauthenticated, Unavailable, UnsupportedMediaType
 from iotcore.platform.http import Endpoint, json_response, read_body

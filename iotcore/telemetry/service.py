@@ -9,7 +9,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from iotcore.devices.service import DeviceIdentity, DeviceRegistry, parse_uuid
+from iotcore.devices.registry import DeviceIdentity, DeviceRegistry, parse_uuid
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import (
     ApiError,

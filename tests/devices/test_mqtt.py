@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from iotcore.broker.server import EmbeddedBroker, start_broker
 from iotcore.config import Settings
-from iotcore.devices.service import DEVICE_REGISTRY_KEY
+from iotcore.devices.routes import DEVICE_REGISTRY_KEY
 from iotcore.platform.context import Platform
 from tests.conftest import REPO_ROOT
 from tests.support.devices import (

@@ -1,0 +1,156 @@
+"""Device credentials: authentication against the stored secret hashes, with a short
+in-process cache that rotate, reset and claim invalidate in every replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from iotcore.platform.context import Platform
+from iotcore.platform.sql import queries
+
+SQL = queries("devices")
+
+
+def hash_secret(secret: str) -> bytes:
+    # Device secrets are 256-bit random: SHA-256 is the right hash (no dictionary to slow
+    # down), and a reconnect storm stays cheap. argon2 is for human-chosen passwords.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def parse_uuid(text: str) -> UUID | None:
+    try:
+        return UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    device_id: UUID
+    tenant_id: UUID | None
+    status: str
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    tenant_id: UUID
+    status: str
+    secret_hash: bytes | None
+    previous_secret_hash: bytes | None
+    previous_valid_until: datetime | None
+
+
+def _identity(device_id: UUID, credentials: _Credentials | None) -> DeviceIdentity | None:
+    if credentials is None:
+        return None
+    return DeviceIdentity(device_id, credentials.tenant_id, credentials.status)
+
+
+class DeviceRegistry:
+    """Device credentials with a short in-process cache. Rotate, reset and claim drop the
+    entry here and, through a Redis channel, in every other replica; the TTL bounds staleness
+    if a message is missed."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+        self._ttl = platform.settings.device_cache_ttl_s
+        self._cache: dict[UUID, tuple[float, _Credentials | None]] = {}
+        self._channel = platform.redis.key("devices", "invalidate")
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="device-cache-invalidation")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._platform.redis.client.pubsub()
+                await pubsub.subscribe(self._channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        device_id = parse_uuid(message["data"].decode())
+                        if device_id is not None:
+                            self._cache.pop(device_id, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: the TTL still bounds staleness; retry later
+                self._cache.clear()
+                await asyncio.sleep(1)
+
+    async def invalidate(self, device_id: UUID) -> None:
+        self._cache.pop(device_id, None)
+        with contextlib.suppress(Exception):
+            await self._platform.redis.client.publish(self._channel, str(device_id))
+
+    def _fresh(self, device_id: UUID) -> tuple[bool, _Credentials | None]:
+        """(found, credentials) from the cache, if the entry has not expired."""
+        cached = self._cache.get(device_id)
+        if cached is None or cached[0] <= time.monotonic():
+            return False, None
+        return True, cached[1]
+
+    async def _credentials(self, device_id: UUID) -> _Credentials | None:
+        found, credentials = self._fresh(device_id)
+        if found:
+            return credentials
+        now = time.monotonic()
+        async with self._platform.db.transaction() as conn:
+            row = await conn.fetchrow(SQL["credentials"], device_id)
+        credentials = _Credentials(**dict(row)) if row else None
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+        self._cache[device_id] = (now + self._ttl, credentials)
+        return credentials
+
+    def cached(self, device_id: UUID) -> tuple[bool, DeviceIdentity | None]:
+        """(found, identity) from the cache alone: the consumer's fast path, no await."""
+        found, credentials = self._fresh(device_id)
+        return found, _identity(device_id, credentials)
+
+    async def resolve(self, device_id: UUID) -> DeviceIdentity | None:
+        return _identity(device_id, await self._credentials(device_id))
+
+    async def authenticate(self, device_id: str, secret: str) -> DeviceIdentity | None:
+        parsed = parse_uuid(device_id)
+        if parsed is None or not secret:
+            return None
+        credentials = await self._credentials(parsed)
+        if credentials is None:
+            return None
+        digest = hash_secret(secret)
+        identity = DeviceIdentity(parsed, credentials.tenant_id, credentials.status)
+        if credentials.secret_hash is not None and hmac.compare_digest(
+            digest, credentials.secret_hash
+        ):
+            if (
+                credentials.previous_secret_hash is not None
+                or credentials.status == "rekey_pending"
+            ):
+                # First use of the new secret: the old one stops working now.
+                async with self._platform.db.transaction() as conn:
+                    await conn.execute(SQL["secret_used"], parsed)
+                await self.invalidate(parsed)
+            return identity
+        if (
+            credentials.previous_secret_hash is not None
+            and credentials.previous_valid_until is not None
+            and credentials.previous_valid_until > datetime.now(UTC)
+            and hmac.compare_digest(digest, credentials.previous_secret_hash)
+        ):
+            return identity
+        return None
