@@ -18,7 +18,7 @@ from iotcore.auth.schemas import (
 from iotcore.auth.service import AuthService, Caller
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import Forbidden, Unauthenticated
-from iotcore.platform.http import Endpoint, client_ip, json_response
+from iotcore.platform.http import Endpoint, ascii_header, client_ip, json_response
 from iotcore.platform.pagination import ListQuery
 
 AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)
@@ -26,7 +26,7 @@ AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)
 
 async def require_user(request: web.Request, minimum_role: Role = "viewer") -> UserPrincipal:
     """The caller's principal from `Authorization: Bearer`, at least `minimum_role`."""
-    header = request.headers.get("Authorization", "")
+    header = ascii_header(request, "Authorization")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Send an access token: Authorization: Bearer <token>.")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,11 +25,16 @@ def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+# Only the canonical form (lowercase, hyphenated): one device has one spelling, so ids used
+# as cache, replay or session keys cannot be varied to dodge them.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def parse_uuid(text: str) -> UUID | None:
-    try:
-        return UUID(text)
-    except (ValueError, TypeError, AttributeError):
+    """The UUID written in canonical form, else None."""
+    if not isinstance(text, str) or _CANONICAL_UUID.fullmatch(text) is None:
         return None
+    return UUID(text)
 
 
 @dataclass(frozen=True)

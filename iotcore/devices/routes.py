@@ -31,7 +31,7 @@ from iotcore.devices.service import DeviceService
 from iotcore.devices.verification import SignedRequest
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound, Unauthenticated
-from iotcore.platform.http import Endpoint, client_ip, json_response, read_body
+from iotcore.platform.http import Endpoint, ascii_header, client_ip, json_response, read_body
 
 TAG = "devices"
 DENY = {"result": "deny"}
@@ -54,12 +54,19 @@ def _device_id(request: web.Request) -> UUID:
 
 async def _signed(request: web.Request) -> SignedRequest:
     body = await read_body(request)
-    return SignedRequest.of(request.headers, request.method, request.rel_url.raw_path, body)
+    return SignedRequest(
+        method=request.method,
+        path=request.rel_url.raw_path,
+        body=body,
+        # Raw: the verifier refuses anything but the one canonical spelling of each.
+        timestamp=request.headers.get("X-Timestamp", ""),
+        signature=request.headers.get("X-Signature", ""),
+    )
 
 
 async def provision(request: web.Request, body: FactoryRequest) -> web.Response:
     service = _service(request)
-    await service.factory_key(request.headers.get("X-Key-Id", ""), await _signed(request))
+    await service.factory_key(ascii_header(request, "X-Key-Id"), await _signed(request))
     devices = await service.provision(body.devices)
     status = 201 if any(d.created for d in devices) else 200
     return json_response(FactoryResponse(devices=devices), status=status)
@@ -67,17 +74,13 @@ async def provision(request: web.Request, body: FactoryRequest) -> web.Response:
 
 async def bootstrap(request: web.Request, body: EmptyBody) -> web.Response:
     service = _service(request)
-    row = await service.signed_device(
-        request.headers.get("X-Device-Id", ""), await _signed(request)
-    )
+    row = await service.signed_device(ascii_header(request, "X-Device-Id"), await _signed(request))
     return json_response(service.bootstrap(row))
 
 
 async def fetch_secret(request: web.Request, body: EmptyBody) -> web.Response:
     service = _service(request)
-    row = await service.signed_device(
-        request.headers.get("X-Device-Id", ""), await _signed(request)
-    )
+    row = await service.signed_device(ascii_header(request, "X-Device-Id"), await _signed(request))
     return json_response(await service.deliver_secret(row, client_ip(request)))
 
 
@@ -123,7 +126,7 @@ async def reset_device(request: web.Request, body: ResetRequest) -> web.Response
 
 def _check_hook_token(request: web.Request) -> None:
     expected = request.app[PLATFORM_KEY].settings.mqtt_hook_token.get_secret_value()
-    presented = request.headers.get("Authorization", "")
+    presented = ascii_header(request, "Authorization")
     if not hmac.compare_digest(presented.encode(), f"Bearer {expected}".encode()):
         raise Unauthenticated("Hook calls carry the hook token.")
 

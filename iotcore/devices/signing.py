@@ -9,10 +9,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ALIASES = str.maketrans({"I": "1", "L": "1", "O": "0"})
 CLAIM_CODE_SYMBOLS = 10
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
+def is_canonical_signature(signature: str) -> bool:
+    """Exactly 64 lowercase hex digits: one spelling per signature, nothing to strip."""
+    return _SIGNATURE.fullmatch(signature) is not None
 
 
 def canonical_string(timestamp: str, method: str, path: str, body: bytes) -> bytes:
@@ -29,8 +36,10 @@ def sign(key: bytes, timestamp: str, method: str, path: str, body: bytes) -> str
 def signature_matches(
     key: bytes, signature: str, timestamp: str, method: str, path: str, body: bytes
 ) -> bool:
+    if not is_canonical_signature(signature):
+        return False
     expected = sign(key, timestamp, method, path, body)
-    return hmac.compare_digest(expected, signature.strip().lower())
+    return hmac.compare_digest(expected, signature)
 
 
 def device_key(manufacturing_key: str, device_id: str) -> bytes:

@@ -3,13 +3,17 @@ fresh timestamp, valid HMAC, never seen before."""
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from iotcore.devices import signing
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import Unauthenticated
+
+# Unix seconds in ASCII digits only: int() would also take spaces, "+", "_" and other
+# scripts' digits, giving one timestamp many spellings.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True)
@@ -21,16 +25,6 @@ class SignedRequest:
     body: bytes
     timestamp: str
     signature: str
-
-    @classmethod
-    def of(cls, headers: Mapping[str, str], method: str, path: str, body: bytes) -> SignedRequest:
-        return cls(
-            method=method,
-            path=path,
-            body=body,
-            timestamp=headers.get("X-Timestamp", ""),
-            signature=headers.get("X-Signature", ""),
-        )
 
 
 class RequestVerifier:
@@ -45,11 +39,13 @@ class RequestVerifier:
         signature = signed.signature
         if not timestamp or not signature:
             raise Unauthenticated("Signed requests carry X-Timestamp and X-Signature.")
-        try:
-            sent_at = int(timestamp)
-        except ValueError as exc:
-            raise Unauthenticated("X-Timestamp is unix seconds.", code="invalid_signature") from exc
-        if abs(time.time() - sent_at) > self._skew:
+        if _TIMESTAMP.fullmatch(timestamp) is None:
+            raise Unauthenticated("X-Timestamp is unix seconds.", code="invalid_signature")
+        if not signing.is_canonical_signature(signature):
+            raise Unauthenticated(
+                "X-Signature is 64 lowercase hex digits.", code="invalid_signature"
+            )
+        if abs(time.time() - int(timestamp)) > self._skew:
             raise Unauthenticated(
                 "The request timestamp is too far from server time.", code="signature_expired"
             )
@@ -57,8 +53,9 @@ class RequestVerifier:
             key, signature, timestamp, signed.method, signed.path, signed.body
         ):
             raise Unauthenticated("The signature does not match.", code="invalid_signature")
+        # The signature is canonical (checked above), so one request has one replay key.
         first_time = await self._redis.client.set(
-            self._redis.key("sig", signature.lower()), b"1", nx=True, ex=2 * self._skew
+            self._redis.key("sig", signature), b"1", nx=True, ex=2 * self._skew
         )
         if not first_time:
             raise Unauthenticated("This signed request was already used.", code="replayed_request")

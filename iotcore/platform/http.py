@@ -28,7 +28,8 @@ Handler = Callable[..., Awaitable[web.StreamResponse]]
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,19 @@ def json_response(
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
+def ascii_header(request: web.Request, name: str) -> str:
+    """A header that carries credentials, ids or addresses: its value if printable ASCII,
+    else "" as if absent. Raw non-ASCII bytes reach handlers as surrogates, which no
+    credential can contain and which encoders (JWT, Redis, hashing) refuse with an error."""
+    value = request.headers.get(name, "")
+    return value if _PRINTABLE_ASCII.fullmatch(value) else ""
+
+
 def client_ip(request: web.Request) -> str:
     """The caller's address; X-Forwarded-For is believed only for the configured proxy hops."""
     hops = request.app[SETTINGS_KEY].trusted_proxies
     if hops:
-        forwarded = [p.strip() for p in request.headers.get("X-Forwarded-For", "").split(",")]
+        forwarded = [p.strip() for p in ascii_header(request, "X-Forwarded-For").split(",")]
         forwarded = [p for p in forwarded if p]
         if len(forwarded) >= hops:
             return forwarded[-hops]
@@ -204,7 +213,7 @@ async def observe_middleware(
 ) -> web.StreamResponse:
     """Request id, the error envelope for every failure, request metrics and the access log."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid4().hex
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid4().hex
     request[REQUEST_ID_KEY] = request_id
     token = request_id_var.set(request_id)
     started = perf_counter()

@@ -12,7 +12,7 @@ from iotcore.devices.registry import DeviceIdentity
 from iotcore.devices.routes import DEVICE_REGISTRY_KEY
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import Unauthenticated, Unavailable, UnsupportedMediaType
-from iotcore.platform.http import Endpoint, json_response, read_body
+from iotcore.platform.http import Endpoint, ascii_header, json_response, read_body
 from iotcore.telemetry import read_routes
 from iotcore.telemetry.schemas import TelemetryAccepted, TelemetryBody
 from iotcore.telemetry.service import TELEMETRY_INGEST_KEY, TelemetryIngest
@@ -20,7 +20,7 @@ from iotcore.telemetry.writer import StorageRefused, TelemetryWriter
 
 
 async def _device(request: web.Request, ingest: TelemetryIngest) -> DeviceIdentity:
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, encoded = ascii_header(request, "Authorization").partition(" ")
     if scheme.lower() != "basic" or not encoded:
         raise Unauthenticated("Send HTTP Basic credentials: device_id and secret.")
     try:
