@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     login_window_s: int = Field(default=900, ge=1)
     register_max_per_ip: int = Field(default=20, ge=1)
     register_window_s: int = Field(default=3600, ge=1)
+    # How long a replica believes a user's role or an API key without asking the database
+    # again; revocations also reach every replica at once through Redis.
+    auth_cache_ttl_s: float = Field(default=1.0, ge=0, le=1.0)
 
     # Devices
     manufacturing_keys: SecretStr = SecretStr(DEV_MANUFACTURING_KEYS)

@@ -43,3 +43,38 @@ VALUES (app_tenant_id(), $1, $2, $3, $4, $5::jsonb)
 
 -- name: prune_refresh_tokens
 DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'
+
+-- name: user_state
+SELECT tenant_id, role FROM auth_user_state($1)
+
+-- name: lock_owners
+-- Role changes and removals take the tenant's owners in a fixed order first: two concurrent
+-- demotions then run one after the other, and the second sees the first's result.
+SELECT user_id FROM users WHERE role = 'owner' ORDER BY user_id FOR UPDATE
+
+-- name: get_user_for_update
+SELECT user_id, role FROM users WHERE user_id = $1 FOR UPDATE
+
+-- name: get_password_hash
+SELECT email, password_hash FROM users WHERE user_id = $1
+
+-- name: change_role
+-- No row when this would leave the tenant without an owner.
+UPDATE users u SET role = $2
+WHERE u.user_id = $1
+  AND (u.role <> 'owner' OR $2 = 'owner'
+       OR EXISTS (SELECT 1 FROM users o WHERE o.role = 'owner' AND o.user_id <> $1))
+RETURNING user_id, tenant_id, email, role, created_at
+
+-- name: delete_user
+-- No row when this would leave the tenant without an owner. Refresh tokens cascade.
+DELETE FROM users u
+WHERE u.user_id = $1
+  AND (u.role <> 'owner'
+       OR EXISTS (SELECT 1 FROM users o WHERE o.role = 'owner' AND o.user_id <> $1))
+RETURNING user_id
+
+-- name: revoke_other_families
+-- Every refresh-token family of the user but the caller's ($2, NULL for none).
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE user_id = $1 AND revoked_at IS NULL AND family_id IS DISTINCT FROM $2

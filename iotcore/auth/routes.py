@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from aiohttp import web
 
 from iotcore.auth.principal import Role, UserPrincipal
 from iotcore.auth.schemas import (
+    ChangePasswordRequest,
     CreateUserRequest,
     LoginRequest,
     MeResponse,
@@ -14,10 +17,11 @@ from iotcore.auth.schemas import (
     TokenResponse,
     UserList,
     UserOut,
+    UserPatch,
 )
 from iotcore.auth.service import AuthService, Caller
 from iotcore.platform.context import PLATFORM_KEY
-from iotcore.platform.errors import Forbidden, Unauthenticated
+from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated
 from iotcore.platform.http import Endpoint, ascii_header, client_ip, json_response
 from iotcore.platform.pagination import ListQuery
 
@@ -30,7 +34,7 @@ async def require_user(request: web.Request, minimum_role: Role = "viewer") -> U
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Send an access token: Authorization: Bearer <token>.")
-    principal = request.app[AUTH_SERVICE_KEY].principal_from_token(token.strip())
+    principal = await request.app[AUTH_SERVICE_KEY].authenticate(token.strip())
     if not principal.at_least(minimum_role):
         raise Forbidden(f"This needs the {minimum_role} role or higher.")
     return principal
@@ -82,6 +86,35 @@ async def list_users(request: web.Request, query: ListQuery) -> web.Response:
     principal = await require_user(request, "admin")
     items, next_cursor = await _service(request).list_users(principal, query.limit, query.cursor)
     return json_response(UserList(items=items, next_cursor=next_cursor))
+
+
+def _user_id(request: web.Request) -> UUID:
+    try:
+        return UUID(request.match_info["user_id"])
+    except ValueError as exc:
+        raise NotFound("No such user.") from exc
+
+
+async def patch_user(request: web.Request, body: UserPatch) -> web.Response:
+    principal = await require_user(request, "admin")
+    user = await _service(request).change_role(
+        principal, _user_id(request), body.role, _caller(request)
+    )
+    return json_response(user)
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    principal = await require_user(request, "admin")
+    await _service(request).delete_user(principal, _user_id(request), _caller(request))
+    return web.Response(status=204)
+
+
+async def change_password(request: web.Request, body: ChangePasswordRequest) -> web.Response:
+    principal = await require_user(request)
+    await _service(request).change_password(
+        principal, body.current_password, body.new_password, _caller(request)
+    )
+    return web.Response(status=204)
 
 
 TAG = "auth"
@@ -156,6 +189,38 @@ ENDPOINTS: list[Endpoint] = [
         errors=(403,),
         security=("bearer",),
     ),
+    Endpoint(
+        "PATCH",
+        "/api/v1/users/{user_id}",
+        patch_user,
+        "Change a user's role (a tenant always keeps an owner)",
+        TAG,
+        body=UserPatch,
+        responses={200: UserOut},
+        errors=(403, 404, 409),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/v1/users/{user_id}",
+        delete_user,
+        "Remove a user; their sessions end at once",
+        TAG,
+        responses={204: None},
+        errors=(403, 404, 409),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/auth/password",
+        change_password,
+        "Change one's password; every other session is revoked",
+        TAG,
+        body=ChangePasswordRequest,
+        responses={204: None},
+        errors=(401, 429),
+        security=("bearer",),
+    ),
 ]
 
 
@@ -163,7 +228,11 @@ def setup(app: web.Application) -> None:
     service = AuthService(app[PLATFORM_KEY])
     app[AUTH_SERVICE_KEY] = service
 
+    async def start(app: web.Application) -> None:
+        await service.start()
+
     async def close(app: web.Application) -> None:
         await service.close()
 
+    app.on_startup.append(start)
     app.on_cleanup.append(close)

@@ -79,3 +79,12 @@ class MeResponse(BaseModel):
 class UserList(BaseModel):
     items: list[UserOut]
     next_cursor: str | None
+
+
+class UserPatch(Strict):
+    role: Literal["owner", "admin", "viewer"] | None = None
+
+
+class ChangePasswordRequest(Strict):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=10, max_length=256)

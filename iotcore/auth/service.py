@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -14,10 +15,13 @@ from iotcore.auth.passwords import Passwords, check_password_rules
 from iotcore.auth.principal import Role, UserPrincipal
 from iotcore.auth.schemas import TenantOut, TokenResponse, UserOut
 from iotcore.auth.tokens import KeyRing, hash_refresh_token, new_refresh_token
+from iotcore.platform.cache import SharedInvalidationCache
 from iotcore.platform.context import Platform
 from iotcore.platform.db import Connection
 from iotcore.platform.errors import (
     Conflict,
+    Forbidden,
+    NotFound,
     RateLimited,
     Unauthenticated,
 )
@@ -61,16 +65,26 @@ class AuthService:
         self._registrations = FixedWindow(
             platform.redis, "register", settings.register_max_per_ip, settings.register_window_s
         )
+        self._password_failures = FixedWindow(
+            platform.redis, "password", settings.login_max_failures, settings.login_window_s
+        )
+        # user id -> (tenant, current role), or None once the user is gone.
+        self._users: SharedInvalidationCache[tuple[UUID, Role] | None] = SharedInvalidationCache(
+            platform.redis, "users", settings.auth_cache_ttl_s
+        )
+
+    async def start(self) -> None:
+        await self._users.start()
 
     async def _token_pair(self, conn: Connection, principal: UserPrincipal) -> tuple[str, str, int]:
         refresh, digest = new_refresh_token()
-        family = uuid4()
+        principal = replace(principal, family_id=uuid4())
         await conn.execute(
             SQL["insert_refresh_token"],
             digest,
             principal.tenant_id,
             principal.user_id,
-            family,
+            principal.family_id,
             self._refresh_ttl,
         )
         access = self.keys.issue(principal)
@@ -169,7 +183,7 @@ class AuthService:
             )
         if outcome != "ok":
             raise Unauthenticated("The refresh token is not valid.", code="invalid_credentials")
-        principal = UserPrincipal(row["user_id"], row["tenant_id"], row["role"])
+        principal = UserPrincipal(row["user_id"], row["tenant_id"], row["role"], row["family_id"])
         access = self.keys.issue(principal)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             user = await conn.fetchrow(SQL["get_user"], principal.user_id)
@@ -183,6 +197,8 @@ class AuthService:
                 await audit(conn, "logout", actor=row["user_id"], subject=None, ip=caller.ip)
 
     async def me(self, principal: UserPrincipal) -> tuple[UserOut, TenantOut]:
+        if principal.is_api_key:
+            raise Forbidden("An API key is not a user.")
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             row = await conn.fetchrow(SQL["get_user"], principal.user_id)
         if row is None:
@@ -222,16 +238,132 @@ class AuthService:
             next_cursor = encode_keyset(last["created_at"], last["user_id"])
         return items, next_cursor
 
-    def principal_from_token(self, token: str) -> UserPrincipal:
-        return self.keys.verify(token)
+    async def change_role(
+        self, principal: UserPrincipal, user_id: UUID, role: Role | None, caller: Caller
+    ) -> UserOut:
+        async with self._db.tenant_transaction(principal.tenant_id) as conn:
+            await conn.fetch(SQL["lock_owners"])
+            target = await conn.fetchrow(SQL["get_user_for_update"], user_id)
+            if target is None:
+                raise NotFound("No such user.")
+            _check_manages(principal, target["role"], role or target["role"])
+            if role is None or role == target["role"]:
+                return _user_out(await conn.fetchrow(SQL["get_user"], user_id))
+            row = await conn.fetchrow(SQL["change_role"], user_id, role)
+            if row is None:
+                raise Conflict("A tenant keeps at least one owner.", code="last_owner")
+            await audit(
+                conn,
+                "user_role_changed",
+                actor=principal.user_id,
+                subject=str(user_id),
+                ip=caller.ip,
+                details={"from": target["role"], "to": role},
+            )
+        await self._users.invalidate(str(user_id))
+        return UserOut(**dict(row))
+
+    async def delete_user(self, principal: UserPrincipal, user_id: UUID, caller: Caller) -> None:
+        async with self._db.tenant_transaction(principal.tenant_id) as conn:
+            await conn.fetch(SQL["lock_owners"])
+            target = await conn.fetchrow(SQL["get_user_for_update"], user_id)
+            if target is None:
+                raise NotFound("No such user.")
+            _check_manages(principal, target["role"], target["role"])
+            if await conn.fetchval(SQL["delete_user"], user_id) is None:
+                raise Conflict("A tenant keeps at least one owner.", code="last_owner")
+            await audit(
+                conn,
+                "user_deleted",
+                actor=principal.user_id,
+                subject=str(user_id),
+                ip=caller.ip,
+                details={"role": target["role"]},
+            )
+        # Its refresh tokens went with the row; its access tokens stop at the next request.
+        await self._users.invalidate(str(user_id))
+
+    async def change_password(
+        self, principal: UserPrincipal, current: str, new: str, caller: Caller
+    ) -> None:
+        if principal.is_api_key:
+            raise Forbidden("An API key has no password.")
+        subject = f"user:{principal.user_id}"
+        wait = await self._password_failures.exceeded(subject)
+        if wait:
+            raise RateLimited(wait, "Too many wrong passwords; retry later.")
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            row = await conn.fetchrow(SQL["get_password_hash"], principal.user_id)
+        if row is None:
+            raise Unauthenticated("This user no longer exists.", code="token_revoked")
+        matches, _ = await self.passwords.verify(row["password_hash"], current)
+        if not matches:
+            await self._password_failures.hit(subject)
+            async with self._db.tenant_transaction(principal.tenant_id) as conn:
+                await audit(
+                    conn,
+                    "password_change_failure",
+                    actor=principal.user_id,
+                    subject=str(principal.user_id),
+                    ip=caller.ip,
+                )
+            raise Unauthenticated("The current password is wrong.", code="invalid_credentials")
+        check_password_rules(new, row["email"])
+        new_hash = await self.passwords.hash(new)
+        async with self._db.tenant_transaction(principal.tenant_id) as conn:
+            await conn.execute(SQL["update_password_hash"], principal.user_id, new_hash)
+            revoked = await conn.execute(
+                SQL["revoke_other_families"], principal.user_id, principal.family_id
+            )
+            await audit(
+                conn,
+                "password_changed",
+                actor=principal.user_id,
+                subject=str(principal.user_id),
+                ip=caller.ip,
+                details={"refresh_tokens_revoked": int(revoked.split()[-1])},
+            )
+        await self._password_failures.reset(subject)
+
+    async def authenticate(self, token: str) -> UserPrincipal:
+        """The principal of a bearer token, with the user's role as it is now: a removed
+        user's access tokens stop working, a demoted user's act with the new role."""
+        principal = self.keys.verify(token)
+        state = await self._user_state(principal.user_id)
+        if state is None or state[0] != principal.tenant_id:
+            raise Unauthenticated("This user no longer exists.", code="token_revoked")
+        return principal if state[1] == principal.role else replace(principal, role=state[1])
+
+    async def _user_state(self, user_id: UUID) -> tuple[UUID, Role] | None:
+        found, state = self._users.get(str(user_id))
+        if found:
+            return state
+        fetched_at = time.monotonic()
+        row = await self._db.primary.fetchrow(SQL["user_state"], user_id)
+        state = (row["tenant_id"], row["role"]) if row else None
+        self._users.put(str(user_id), state, fetched_at)
+        return state
 
     async def close(self) -> None:
+        await self._users.close()
         self.passwords.close()
+
+
+def _check_manages(principal: UserPrincipal, target_role: str, new_role: str) -> None:
+    """Owners manage everyone; admins manage viewers only, and never make an owner."""
+    if principal.role == "owner":
+        return
+    if target_role != "viewer" or new_role == "owner":
+        raise Forbidden("Admins manage viewers only.")
+
+
+def _user_out(row: Any) -> UserOut:
+    return UserOut(**{k: row[k] for k in UserOut.model_fields})
 
 
 def _user_and_tenant(row: Any) -> tuple[UserOut, TenantOut]:
     """A `get_user` row as the user and tenant of API responses."""
-    user = UserOut(**{k: row[k] for k in UserOut.model_fields})
+    user = _user_out(row)
     tenant = TenantOut(
         tenant_id=row["tenant_id"], name=row["tenant_name"], created_at=row["tenant_created_at"]
     )

@@ -47,6 +47,8 @@ class KeyRing:
             "exp": now + self._ttl,
             "jti": uuid.uuid4().hex,
         }
+        if principal.family_id is not None:
+            claims["fid"] = str(principal.family_id)
         token = jwt.encode(
             claims,
             self._keys[self._signing_kid],
@@ -81,7 +83,8 @@ class KeyRing:
         if role not in ROLE_RANK:
             raise Unauthenticated("The access token is not valid.")
         try:
-            return UserPrincipal(UUID(claims["sub"]), UUID(claims["tid"]), role)
+            family = UUID(claims["fid"]) if "fid" in claims else None
+            return UserPrincipal(UUID(claims["sub"]), UUID(claims["tid"]), role, family)
         except (ValueError, TypeError) as exc:
             raise Unauthenticated("The access token is not valid.") from exc
 

@@ -1,0 +1,88 @@
+"""A short in-process cache that every replica empties together, through a Redis channel.
+
+Used for what must stop being believed everywhere within a second (a removed user, a revoked
+API key): `invalidate()` drops the entry here and publishes it; each replica's listener drops
+it too. The TTL bounds staleness when a message is missed (Redis away, listener restarting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Generic, TypeVar
+
+from iotcore.platform.redis import Redis
+
+V = TypeVar("V")
+EVERYTHING = "*"
+
+
+class SharedInvalidationCache(Generic[V]):
+    def __init__(self, redis: Redis, name: str, ttl_s: float, max_entries: int = 100_000) -> None:
+        self._redis = redis
+        self._ttl = ttl_s
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, V]] = {}
+        self._channel = redis.key("invalidate", name)
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name=f"{self._channel}-listener")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def wait_subscribed(self, timeout_s: float = 5.0) -> None:
+        """For tests and start-up: the listener is receiving invalidations."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self._redis.client.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                self._subscribed.set()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._drop(message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: the TTL still bounds staleness; retry soon
+                self._subscribed.clear()
+                self._entries.clear()
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _drop(self, key: str) -> None:
+        if key == EVERYTHING:
+            self._entries.clear()
+        else:
+            self._entries.pop(key, None)
+
+    def get(self, key: str) -> tuple[bool, V | None]:
+        """(found, value) while the entry is fresh; (False, None) otherwise."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: str, value: V, fetched_at: float) -> None:
+        """Store a value read at `fetched_at` (time.monotonic() taken before the read, so an
+        invalidation that raced with the read still expires it in time)."""
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()
+        self._entries[key] = (fetched_at + self._ttl, value)
+
+    async def invalidate(self, key: str = EVERYTHING) -> None:
+        self._drop(key)
+        with contextlib.suppress(Exception):
+            await self._redis.client.publish(self._channel, key)
