@@ -242,7 +242,7 @@ class AuthService:
         self, principal: UserPrincipal, user_id: UUID, role: Role | None, caller: Caller
     ) -> UserOut:
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await conn.fetch(SQL["lock_owners"])
+            await _lock_owners(conn, principal)
             target = await conn.fetchrow(SQL["get_user_for_update"], user_id)
             if target is None:
                 raise NotFound("No such user.")
@@ -265,7 +265,7 @@ class AuthService:
 
     async def delete_user(self, principal: UserPrincipal, user_id: UUID, caller: Caller) -> None:
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await conn.fetch(SQL["lock_owners"])
+            await _lock_owners(conn, principal)
             target = await conn.fetchrow(SQL["get_user_for_update"], user_id)
             if target is None:
                 raise NotFound("No such user.")
@@ -347,6 +347,13 @@ class AuthService:
     async def close(self) -> None:
         await self._users.close()
         self.passwords.close()
+
+
+async def _lock_owners(conn: Connection, principal: UserPrincipal) -> None:
+    """Take the tenant's owners (see sql/auth.sql); an owner demoted meanwhile is refused."""
+    owners = {row["user_id"] for row in await conn.fetch(SQL["lock_owners"])}
+    if principal.role == "owner" and principal.user_id not in owners:
+        raise Forbidden("You are no longer an owner.")
 
 
 def _check_manages(principal: UserPrincipal, target_role: str, new_role: str) -> None:
