@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # How long a replica believes a user's role or an API key without asking the database
     # again; revocations also reach every replica at once through Redis.
     auth_cache_ttl_s: float = Field(default=1.0, ge=0, le=1.0)
+    # API keys' last_used_at is collected in memory and written this often, in one statement.
+    api_key_last_used_flush_s: float = Field(default=30.0, gt=0)
 
     # Devices
     manufacturing_keys: SecretStr = SecretStr(DEV_MANUFACTURING_KEYS)

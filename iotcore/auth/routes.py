@@ -6,14 +6,19 @@ from uuid import UUID
 
 from aiohttp import web
 
+from iotcore.auth.api_keys import ApiKeys, is_api_key
 from iotcore.auth.principal import Role, UserPrincipal
 from iotcore.auth.schemas import (
+    ApiKeyCreated,
+    ApiKeyList,
     ChangePasswordRequest,
+    CreateApiKeyRequest,
     CreateUserRequest,
     LoginRequest,
     MeResponse,
     RefreshRequest,
     RegisterRequest,
+    RotateApiKeyRequest,
     TokenResponse,
     UserList,
     UserOut,
@@ -22,10 +27,11 @@ from iotcore.auth.schemas import (
 from iotcore.auth.service import AuthService, Caller
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated
-from iotcore.platform.http import Endpoint, ascii_header, client_ip, json_response
+from iotcore.platform.http import Endpoint, ascii_header, client_ip, json_response, parse_body
 from iotcore.platform.pagination import ListQuery
 
 AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)
+API_KEYS_KEY = web.AppKey("api_keys", ApiKeys)
 
 
 async def require_user(request: web.Request, minimum_role: Role = "viewer") -> UserPrincipal:
@@ -34,7 +40,11 @@ async def require_user(request: web.Request, minimum_role: Role = "viewer") -> U
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Send an access token: Authorization: Bearer <token>.")
-    principal = await request.app[AUTH_SERVICE_KEY].authenticate(token.strip())
+    token = token.strip()
+    if is_api_key(token):
+        principal = await request.app[API_KEYS_KEY].authenticate(token)
+    else:
+        principal = await request.app[AUTH_SERVICE_KEY].authenticate(token)
     if not principal.at_least(minimum_role):
         raise Forbidden(f"This needs the {minimum_role} role or higher.")
     return principal
@@ -88,11 +98,15 @@ async def list_users(request: web.Request, query: ListQuery) -> web.Response:
     return json_response(UserList(items=items, next_cursor=next_cursor))
 
 
-def _user_id(request: web.Request) -> UUID:
+def _path_id(request: web.Request, name: str, what: str) -> UUID:
     try:
-        return UUID(request.match_info["user_id"])
+        return UUID(request.match_info[name])
     except ValueError as exc:
-        raise NotFound("No such user.") from exc
+        raise NotFound(f"No such {what}.") from exc
+
+
+def _user_id(request: web.Request) -> UUID:
+    return _path_id(request, "user_id", "user")
 
 
 async def patch_user(request: web.Request, body: UserPatch) -> web.Response:
@@ -113,6 +127,46 @@ async def change_password(request: web.Request, body: ChangePasswordRequest) -> 
     principal = await require_user(request)
     await _service(request).change_password(
         principal, body.current_password, body.new_password, _caller(request)
+    )
+    return web.Response(status=204)
+
+
+def _api_keys(request: web.Request) -> ApiKeys:
+    return request.app[API_KEYS_KEY]
+
+
+async def create_api_key(request: web.Request, body: CreateApiKeyRequest) -> web.Response:
+    principal = await require_user(request, "admin")
+    created = await _api_keys(request).create(
+        principal, body.name, body.role, body.expires_at, _caller(request)
+    )
+    return json_response(created, status=201)
+
+
+async def list_api_keys(request: web.Request, query: ListQuery) -> web.Response:
+    principal = await require_user(request, "admin")
+    items, next_cursor = await _api_keys(request).list(principal, query.limit, query.cursor)
+    return json_response(ApiKeyList(items=items, next_cursor=next_cursor))
+
+
+async def rotate_api_key(request: web.Request) -> web.Response:
+    principal = await require_user(request, "admin")
+    # The body is optional: no body means the default grace.
+    body = (
+        await parse_body(request, RotateApiKeyRequest)
+        if request.body_exists
+        else RotateApiKeyRequest()
+    )
+    created = await _api_keys(request).rotate(
+        principal, _path_id(request, "api_key_id", "API key"), body.grace_s, _caller(request)
+    )
+    return json_response(created, status=201)
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    principal = await require_user(request, "admin")
+    await _api_keys(request).revoke(
+        principal, _path_id(request, "api_key_id", "API key"), _caller(request)
     )
     return web.Response(status=204)
 
@@ -221,17 +275,64 @@ ENDPOINTS: list[Endpoint] = [
         errors=(401, 429),
         security=("bearer",),
     ),
+    Endpoint(
+        "POST",
+        "/api/v1/api-keys",
+        create_api_key,
+        "Create an API key (shown once)",
+        TAG,
+        body=CreateApiKeyRequest,
+        responses={201: ApiKeyCreated},
+        errors=(403,),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "GET",
+        "/api/v1/api-keys",
+        list_api_keys,
+        "API keys of the caller's tenant (no secrets)",
+        TAG,
+        query=ListQuery,
+        responses={200: ApiKeyList},
+        errors=(403,),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/api-keys/{api_key_id}/rotate",
+        rotate_api_key,
+        "Replace an API key; the old one works until the grace ends",
+        TAG,
+        documented_body=RotateApiKeyRequest,
+        responses={201: ApiKeyCreated},
+        errors=(403, 404),
+        security=("bearer",),
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/v1/api-keys/{api_key_id}",
+        revoke_api_key,
+        "Revoke an API key, on every replica within a second",
+        TAG,
+        responses={204: None},
+        errors=(403, 404),
+        security=("bearer",),
+    ),
 ]
 
 
 def setup(app: web.Application) -> None:
     service = AuthService(app[PLATFORM_KEY])
+    api_keys = ApiKeys(app[PLATFORM_KEY])
     app[AUTH_SERVICE_KEY] = service
+    app[API_KEYS_KEY] = api_keys
 
     async def start(app: web.Application) -> None:
         await service.start()
+        await api_keys.start()
 
     async def close(app: web.Application) -> None:
+        await api_keys.close()
         await service.close()
 
     app.on_startup.append(start)

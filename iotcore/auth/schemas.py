@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from iotcore.platform.types import Timestamp
 
@@ -88,3 +88,42 @@ class UserPatch(Strict):
 class ChangePasswordRequest(Strict):
     current_password: str = Field(min_length=1, max_length=1024)
     new_password: str = Field(min_length=10, max_length=256)
+
+
+class CreateApiKeyRequest(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["admin", "viewer"]
+    expires_at: AwareDatetime | None = None
+
+
+class RotateApiKeyRequest(Strict):
+    grace_s: int = Field(default=86400, ge=0, le=30 * 86400)
+
+
+class ApiKeyCreated(BaseModel):
+    """The only response that carries the key: it is stored as a hash and never shown again."""
+
+    api_key_id: UUID
+    name: str
+    role: Literal["admin", "viewer"]
+    key: str
+    created_at: Timestamp
+    expires_at: Timestamp | None
+
+
+class ApiKeyOut(BaseModel):
+    api_key_id: UUID
+    name: str
+    role: Literal["admin", "viewer"]
+    created_by: UUID | None
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    rotated_at: Timestamp | None
+    # The end of the grace of the key this one replaced, if it has not ended.
+    previous_valid_until: Timestamp | None
+    last_used_at: Timestamp | None
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+    next_cursor: str | None
