@@ -26,7 +26,7 @@ from iotcore.auth.service import Caller, audit
 from iotcore.platform.cache import SharedInvalidationCache
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
-from iotcore.platform.pagination import decode_keyset, encode_keyset
+from iotcore.platform.pagination import decode_keyset, keyset_page
 from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.auth.api_keys")
@@ -118,12 +118,8 @@ class ApiKeys:
         after_ts, after_id = decode_keyset(cursor)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             rows = await conn.fetch(self._sql["list"], after_ts, after_id, limit + 1)
-        items = [_key_out(r) for r in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_keyset(last["created_at"], last["api_key_id"])
-        return items, next_cursor
+        page, next_cursor = keyset_page(rows, limit, "api_key_id")
+        return [_key_out(r) for r in page], next_cursor
 
     async def rotate(
         self, principal: UserPrincipal, api_key_id: UUID, grace_s: int, caller: Caller

@@ -25,7 +25,7 @@ from iotcore.platform.errors import (
     RateLimited,
     Unauthenticated,
 )
-from iotcore.platform.pagination import decode_keyset, encode_keyset
+from iotcore.platform.pagination import decode_keyset, keyset_page
 from iotcore.platform.ratelimit import FixedWindow
 from iotcore.platform.sql import queries
 
@@ -231,12 +231,8 @@ class AuthService:
         after_ts, after_id = decode_keyset(cursor)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             rows = await conn.fetch(SQL["list_users"], after_ts, after_id, limit + 1)
-        items = [UserOut(**dict(r)) for r in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_keyset(last["created_at"], last["user_id"])
-        return items, next_cursor
+        page, next_cursor = keyset_page(rows, limit, "user_id")
+        return [UserOut(**dict(r)) for r in page], next_cursor
 
     async def change_role(
         self, principal: UserPrincipal, user_id: UUID, role: Role | None, caller: Caller

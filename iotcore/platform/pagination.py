@@ -47,3 +47,12 @@ def decode_keyset(cursor: str | None) -> tuple[datetime | None, UUID | None]:
         return datetime.fromisoformat(position["t"]), UUID(position["id"])
     except (TypeError, ValueError) as exc:
         raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc
+
+
+def keyset_page(rows: list[Any], limit: int, id_column: str) -> tuple[list[Any], str | None]:
+    """A page from `limit + 1` rows fetched in (created_at, id) order, and the cursor of the
+    next page when there is one."""
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_keyset(last["created_at"], last[id_column])
