@@ -88,8 +88,9 @@ def test_check_passes_on_the_shipped_migrations() -> None:
 
 def test_check_fails_on_a_gap(tmp_path: Path) -> None:
     directory = _copy_migrations(tmp_path)
-    (directory / "0009_later.sql").write_text("SELECT 1;")
-    (directory / "0009_later.rollback.sql").write_text("SELECT 1;")
+    gap = len(list(directory.glob("*.rollback.sql"))) + 2
+    (directory / f"{gap:04d}_later.sql").write_text("SELECT 1;")
+    (directory / f"{gap:04d}_later.rollback.sql").write_text("SELECT 1;")
     assert any("without gaps" in p for p in check_directory(directory))
 
 
