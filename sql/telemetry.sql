@@ -5,9 +5,12 @@
 -- (a row already present, a replay, is skipped), the newest value per device and metric
 -- (an older reading never replaces a newer one), and devices' last_seen_at / status (a
 -- claimed device becomes active on its first accepted telemetry; last_seen_at only moves
--- forward). Returns how many rows were stored; with $5, the ordinals (1-based, in the
--- arrays) of the stored rows, so that the caller can tell each submission its count; and
--- the (device_id, metric, ts_ms, value) that became newest, for the cache.
+-- forward). Newest values are kept per tenant, and only for devices the tenant holds when
+-- the device row is updated: that UPDATE waits for a reset holding the row, then no longer
+-- sees the device, so a write racing a reset leaves no latest values behind. Returns how many
+-- rows were stored; with $5, the ordinals (1-based, in the arrays) of the stored rows, so
+-- that the caller can tell each submission its count; and the (tenant_id, device_id, metric,
+-- ts_ms, value) that became newest, for the cache.
 WITH r AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[])
@@ -17,20 +20,23 @@ WITH r AS (
     SELECT app_tenant_id(), device_id, metric, ts, value FROM r
     ON CONFLICT (device_id, metric, ts) DO NOTHING
     RETURNING device_id, metric, ts
-), newest AS (
-    INSERT INTO telemetry_latest AS l (tenant_id, device_id, metric, ts, value)
-    SELECT DISTINCT ON (device_id, metric) app_tenant_id(), device_id, metric, ts, value
-    FROM r
-    ORDER BY device_id, metric, ts DESC
-    ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
-    WHERE l.ts < EXCLUDED.ts
-    RETURNING device_id, metric, ts, value
 ), seen AS (
     UPDATE devices d
     SET last_seen_at = GREATEST(d.last_seen_at, s.seen),
         status = CASE WHEN d.status = 'claimed' THEN 'active' ELSE d.status END
     FROM (SELECT device_id, max(ts) AS seen FROM r GROUP BY device_id) AS s
     WHERE d.device_id = s.device_id
+    RETURNING d.device_id
+), newest AS (
+    INSERT INTO telemetry_latest AS l (tenant_id, device_id, metric, ts, value)
+    SELECT DISTINCT ON (device_id, metric) app_tenant_id(), device_id, metric, ts, value
+    FROM r
+    WHERE device_id IN (SELECT device_id FROM seen)
+    ORDER BY device_id, metric, ts DESC
+    ON CONFLICT (tenant_id, device_id, metric)
+        DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
+        WHERE l.ts < EXCLUDED.ts
+    RETURNING tenant_id, device_id, metric, ts, value
 )
 SELECT
     (SELECT count(*) FROM ins) AS stored,
@@ -45,7 +51,7 @@ SELECT
     (
         SELECT coalesce(
             json_agg(json_build_array(
-                device_id, metric, floor(extract(epoch FROM ts) * 1000)::bigint, value
+                tenant_id, device_id, metric, floor(extract(epoch FROM ts) * 1000)::bigint, value
             ))::text,
             '[]'
         )

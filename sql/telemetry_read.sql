@@ -8,11 +8,16 @@
 -- infinities), whose text form is valid JSON.
 
 -- name: metrics
--- Kept by the writer (migrations/0006): primary-key reads, however many rows the device has.
+-- Kept by the writer (migrations/0006, keyed by tenant since 0007): primary-key reads, however
+-- many rows the device has; RLS keeps them to the tenant's own.
 SELECT metric, ts AS last_ts, value AS last_value
 FROM telemetry_latest
 WHERE device_id = $1
 ORDER BY metric
+
+-- name: held_before
+-- Whether this tenant held the device until a reset (migrations/0007): it may read its history.
+SELECT EXISTS (SELECT 1 FROM device_releases WHERE device_id = $1)
 
 -- The four raw page shapes. The keyset (ts, metric) always has a value (the window edge on
 -- the first page), so each query has one plan, an index-only scan of telemetry_device_ts.

@@ -32,6 +32,7 @@ from iotcore.platform.errors import (
 from iotcore.platform.pagination import decode_keyset, encode_keyset
 from iotcore.platform.ratelimit import FixedWindow
 from iotcore.platform.sql import queries
+from iotcore.telemetry.derived import clear_device_state
 
 log = logging.getLogger("iotcore.devices")
 SQL = queries("devices")
@@ -170,6 +171,10 @@ class DeviceService:
             raise Conflict("This device is claimed by another tenant.", code="already_claimed")
         await self._claims.reset(subjects[0])
         await self._registry.invalidate(row["device_id"])
+        if outcome == "claimed":
+            # A clean slate: nothing cached under this tenant from an earlier tenure of the
+            # device (a write that raced its reset) may reappear.
+            await clear_device_state(self._platform.redis, principal.tenant_id, row["device_id"])
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             if outcome == "claimed":
                 await audit(
@@ -241,6 +246,9 @@ class DeviceService:
         if not done:
             raise NotFound("No such device.")
         await self._registry.invalidate(device_id)
+        # The tenant's readings stay its own; what was derived from them for the device goes
+        # (the reset cleared the latest-values rows in the database).
+        await clear_device_state(self._platform.redis, principal.tenant_id, device_id)
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             await audit(
                 conn, "device_reset", actor=principal.user_id, subject=str(device_id), ip=ip

@@ -60,21 +60,21 @@ async def _with_etag(
     produce: Callable[[], Awaitable[bytes]],
 ) -> web.Response:
     """Windows wholly in the past get a strong ETag (a digest of the body). The tag is kept in
-    Redis under the tenant, path and query for ETAG_TTL_S, so a repeated request whose
+    Redis under the tenant, device, path and query for ETAG_TTL_S, so a repeated request whose
     If-None-Match matches is answered 304 from Redis without reading the database; the TTL
     bounds how long a late reading landing in an old window can go unseen."""
     reader = _reader(request)
     if not past:
         return web.Response(body=await produce(), content_type="application/json")
-    await reader.ensure_visible(principal, device_id)
+    await reader.ensure_history_visible(principal, device_id)
     if_none_match = request.headers.get("If-None-Match")
-    key = reader.etag_key(principal, request)
+    slot = reader.etag_slot(principal, device_id, request)
     if if_none_match:
-        known = await reader.known_etag(key)
+        known = await reader.known_etag(slot)
         if known is not None and _matches(if_none_match, known):
             return web.Response(status=304, headers={"ETag": known, **CACHE_CONTROL})
     body = await produce()
-    etag = await reader.remember_etag(key, body)
+    etag = await reader.remember_etag(slot, body)
     if if_none_match and _matches(if_none_match, etag):
         return web.Response(status=304, headers={"ETag": etag, **CACHE_CONTROL})
     return web.Response(

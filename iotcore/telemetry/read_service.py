@@ -20,6 +20,7 @@ from iotcore.platform.errors import NotFound, ValidationFailed
 from iotcore.platform.pagination import decode_cursor, encode_cursor
 from iotcore.platform.sql import queries
 from iotcore.platform.types import rfc3339_ms
+from iotcore.telemetry.derived import LATEST_TTL_S, EtagSlot, latest_key, remember_etag
 from iotcore.telemetry.read_schemas import (
     FUNCTIONS,
     AggregateQuery,
@@ -33,7 +34,6 @@ log = logging.getLogger("iotcore.telemetry.read")
 SQL = queries("telemetry_read")
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_BUCKETS = 10_000
-ETAG_TTL_S = 300
 # A window is "wholly in the past" once its end is older than the accepted future skew of
 # incoming readings: nothing can still land in it except late replays.
 PAST_MARGIN = timedelta(minutes=5)
@@ -87,6 +87,19 @@ class TelemetryReader:
         if identity is None or identity.tenant_id != principal.tenant_id:
             raise NotFound("No such device.")
 
+    async def ensure_history_visible(self, principal: UserPrincipal, device_id: UUID) -> None:
+        """Raw readings and aggregates: the device's current owner, or a tenant that held it
+        before a reset. Stored telemetry stays with the tenant that owned it (API.md), so a
+        former owner keeps reading its own readings, and only those: the views filter by
+        tenant (docs/device-ownership.md)."""
+        identity = await self._registry.resolve(device_id)
+        if identity is not None and identity.tenant_id == principal.tenant_id:
+            return
+        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
+            held = await conn.fetchval(SQL["held_before"], device_id)
+        if not held:
+            raise NotFound("No such device.")
+
     async def metrics(self, principal: UserPrincipal, device_id: UUID) -> list[dict[str, Any]]:
         await self.ensure_visible(principal, device_id)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
@@ -113,7 +126,7 @@ class TelemetryReader:
         args: list[Any] = [device_id, span.start, span.end, after_ts, after_metric, query.limit + 1]
         if query.metric:
             args.append(query.metric)
-        await self.ensure_visible(principal, device_id)
+        await self.ensure_history_visible(principal, device_id)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             rows = await conn.fetch(SQL[name], *args)
         next_cursor = b"null"
@@ -126,7 +139,8 @@ class TelemetryReader:
 
     async def latest(self, principal: UserPrincipal, device_id: UUID) -> dict[str, Any]:
         await self.ensure_visible(principal, device_id)
-        cached = await self._cached_latest(device_id)
+        key = latest_key(self._redis, principal.tenant_id, device_id)
+        cached = await self._cached_latest(key)
         if cached is not None:
             return {"device_id": str(device_id), "metrics": cached}
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
@@ -134,29 +148,29 @@ class TelemetryReader:
         metrics = {
             r["metric"]: {"ts": rfc3339_ms(r["last_ts"]), "value": r["last_value"]} for r in rows
         }
-        await self._refill_latest(device_id, rows)
+        await self._refill_latest(key, rows)
         return {"device_id": str(device_id), "metrics": metrics}
 
-    async def _refill_latest(self, device_id: UUID, rows: list[Any]) -> None:
+    async def _refill_latest(self, key: str, rows: list[Any]) -> None:
         """Cache-aside: the database answer fills the hash the writer keeps, so a cold or
         flushed cache costs one database read per device, not one per request. HSETNX keeps
         any newer value the writer stored meanwhile."""
         if not rows:
             return
-        key = self._redis.key("latest", str(device_id))
         try:
             pipe = self._redis.client.pipeline(transaction=False)
             for r in rows:
                 ts_ms = int(r["last_ts"].timestamp() * 1000)
                 pipe.hsetnx(key, r["metric"], orjson.dumps([ts_ms, r["last_value"]]))
+            pipe.expire(key, LATEST_TTL_S)
             await pipe.execute()
         except Exception:
             log.warning("could not refill the latest values cache")
 
-    async def _cached_latest(self, device_id: UUID) -> dict[str, Any] | None:
+    async def _cached_latest(self, key: str) -> dict[str, Any] | None:
         """The writer's hash; None (use the database) when it is empty or Redis is down."""
         try:
-            raw = await self._redis.client.hgetall(self._redis.key("latest", str(device_id)))
+            raw = await self._redis.client.hgetall(key)
         except Exception:
             log.warning("latest values cache unavailable; reading the database")
             return None
@@ -183,7 +197,7 @@ class TelemetryReader:
             )
         wanted = set(query.fn.split(","))
         flags = [fn in wanted for fn in FUNCTIONS]
-        await self.ensure_visible(principal, device_id)
+        await self.ensure_history_visible(principal, device_id)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             first_hour, last_hour = _whole_hours(span)
             if (
@@ -217,24 +231,26 @@ class TelemetryReader:
 
     # ------------------------------------------------------------------ ETags
 
-    def etag_key(self, principal: UserPrincipal, request: web.Request) -> str:
+    def etag_slot(
+        self, principal: UserPrincipal, device_id: UUID, request: web.Request
+    ) -> EtagSlot:
         query = "&".join(f"{k}={v}" for k, v in sorted(request.query.items()))
         digest = hashlib.sha256(f"{request.path}?{query}".encode()).hexdigest()[:32]
-        return self._redis.key("etag", str(principal.tenant_id), digest)
+        return EtagSlot(principal.tenant_id, device_id, digest)
 
-    async def known_etag(self, key: str) -> str | None:
+    async def known_etag(self, slot: EtagSlot) -> str | None:
         try:
-            value = await self._redis.client.get(key)
+            value = await self._redis.client.get(slot.key(self._redis))
         except Exception:
             return None
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    async def remember_etag(self, key: str, body: bytes) -> str:
+    async def remember_etag(self, slot: EtagSlot, body: bytes) -> str:
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         try:
-            await self._redis.client.set(key, etag, ex=ETAG_TTL_S)
+            await remember_etag(self._redis, slot, etag)
         except Exception:
             log.warning("could not cache an ETag")
         return etag

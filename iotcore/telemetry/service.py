@@ -159,7 +159,10 @@ class TelemetryIngest:
     async def check_rate(self, identity: DeviceIdentity) -> None:
         redis = self._platform.redis
         buckets = [
-            Bucket(redis.key("tb", "device", str(identity.device_id)), *self._device_rate),
+            Bucket(
+                redis.key("tb", "device", str(identity.tenant_id), str(identity.device_id)),
+                *self._device_rate,
+            ),
             Bucket(redis.key("tb", "tenant", str(identity.tenant_id)), *self._tenant_rate),
         ]
         try:

@@ -35,17 +35,18 @@ from iotcore.platform.metrics import (
     WRITER_QUEUE_DEPTH,
 )
 from iotcore.platform.sql import queries
+from iotcore.telemetry.derived import LATEST_TTL_S, LIVE_TTL_S, LIVE_WINDOW_MS, latest_key, live_key
 from iotcore.telemetry.payload import Point
 
 log = logging.getLogger("iotcore.telemetry.writer")
 SQL = queries("telemetry")
-LIVE_WINDOW_MS = 5 * 60 * 1000
 EXCERPT_CHARS = 256
 
 # Keep the newest value per metric, for many devices in one call: KEYS = one hash per
-# device; ARGV = for each key, a count n, then n times (metric, ts_ms, value_json).
+# (tenant, device); ARGV = the hashes' TTL, then for each key a count n, then n times
+# (metric, ts_ms, value_json).
 _LATEST = """
-local a = 1
+local a = 2
 for k = 1, #KEYS do
   local n = tonumber(ARGV[a])
   a = a + 1
@@ -56,6 +57,7 @@ for k = 1, #KEYS do
     end
     a = a + 3
   end
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
 end
 return 0
 """
@@ -107,7 +109,7 @@ class Submission:
 @dataclass
 class Committed:
     results: list[WriteResult]  # one per submission of the batch
-    newest: list[list[Any]]  # [device_id, metric, ts_ms, value] that became newest
+    newest: list[list[Any]]  # [tenant_id, device_id, metric, ts_ms, value] that became newest
 
 
 class StorageRefused(Exception):
@@ -373,21 +375,18 @@ class TelemetryWriter:
                     points.append({"device_id": name, "ts": ts_ms, "metrics": point.metrics})
             for tenant_id, points in live.items():
                 # One entry per tenant and batch; the stream turns it into one event a point.
-                pipe.xadd(
-                    redis.key("live", str(tenant_id)),
-                    {"b": orjson.dumps(points)},
-                    minid=min_id,
-                    approximate=True,
-                )
+                key = live_key(redis, tenant_id)
+                pipe.xadd(key, {"b": orjson.dumps(points)}, minid=min_id, approximate=True)
+                pipe.expire(key, LIVE_TTL_S)
             if newest:
-                by_device: dict[str, list[list[Any]]] = defaultdict(list)
+                by_device: dict[tuple[str, str], list[list[Any]]] = defaultdict(list)
                 for row in newest:
-                    by_device[row[0]].append(row)
-                keys = [redis.key("latest", device) for device in by_device]
-                args: list[str | bytes | int] = []
+                    by_device[row[0], row[1]].append(row)
+                keys = [latest_key(redis, *tenant_device) for tenant_device in by_device]
+                args: list[str | bytes | int] = [LATEST_TTL_S]
                 for rows in by_device.values():
                     args.append(len(rows))
-                    for _, metric, ts_ms, value in rows:
+                    for _, _, metric, ts_ms, value in rows:
                         args.extend((metric, ts_ms, orjson.dumps([ts_ms, value])))
                 await self._latest(keys=keys, args=args, client=pipe)
             await pipe.execute()

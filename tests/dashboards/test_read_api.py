@@ -32,7 +32,8 @@ async def insert(
     ts, value = max(points)
     await owner_conn.execute(
         "INSERT INTO telemetry_latest VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (device_id, metric) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value "
+        "ON CONFLICT (tenant_id, device_id, metric) "
+        "DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value "
         "WHERE telemetry_latest.ts < EXCLUDED.ts",
         tenant_id,
         device_id,
@@ -332,12 +333,16 @@ async def test_latest_from_cache_and_after_a_flush(
         await client.get(url(device, "/telemetry/latest"), headers=owner.headers)
     ).json()
     assert cached == {"device_id": device.device_id, "metrics": expected}
-    await platform.redis.client.delete(platform.redis.key("latest", device.device_id))
+    await platform.redis.client.delete(
+        platform.redis.key("latest", str(owner.tenant_id), device.device_id)
+    )
     fallback = await (
         await client.get(url(device, "/telemetry/latest"), headers=owner.headers)
     ).json()
     assert fallback == cached
-    refilled = await platform.redis.client.hgetall(platform.redis.key("latest", device.device_id))
+    refilled = await platform.redis.client.hgetall(
+        platform.redis.key("latest", str(owner.tenant_id), device.device_id)
+    )
     assert set(refilled) == {b"v"}, "the database answer refills the cache"
 
 

@@ -89,7 +89,9 @@ async def a_uses_the_device(client: Client, settings: Settings) -> tuple[Any, ..
     points.append({"ts": ms(datetime.now(UTC)), "metrics": {"temp": 99.0, "a_only": 99}})
     response = await post_telemetry(client, a_credentials, {"points": points})
     assert response.status == 202, await response.text()
-    latest = await (await client.get(device_url(device, "/telemetry/latest"), headers=a.headers)).json()
+    latest = await (
+        await client.get(device_url(device, "/telemetry/latest"), headers=a.headers)
+    ).json()
     assert set(latest["metrics"]) == {"temp", "a_only"}
     window = {
         "from": hour_ago.isoformat(),
@@ -159,9 +161,7 @@ async def test_new_owner_sees_nothing_of_the_former_owner(
 
     # The device, now B's, reports the same metric names: B's values only, everywhere.
     now = datetime.now(UTC).replace(microsecond=0)
-    sent = await post_telemetry(
-        client, h.b_credentials, {"ts": ms(now), "metrics": {"temp": -1.5}}
-    )
+    sent = await post_telemetry(client, h.b_credentials, {"ts": ms(now), "metrics": {"temp": -1.5}})
     assert sent.status == 202, await sent.text()
     latest_body = await (
         await client.get(device_url(h.device, "/telemetry/latest"), headers=b)
@@ -319,9 +319,12 @@ async def test_a_write_racing_the_reset_leaves_no_latest_values_behind(
         "SELECT tenant_id, metric FROM telemetry_latest WHERE device_id = $1", device_id
     )
     assert rows == []
-    assert await platform.redis.client.exists(
-        platform.redis.key("latest", str(a.tenant_id), str(device_id))
-    ) == 0
+    assert (
+        await platform.redis.client.exists(
+            platform.redis.key("latest", str(a.tenant_id), str(device_id))
+        )
+        == 0
+    )
     stored = await owner_conn.fetchval(
         "SELECT tenant_id FROM telemetry WHERE device_id = $1 AND metric = 'late'", device_id
     )
@@ -348,8 +351,6 @@ async def _keys_about(platform: Platform, device_id: UUID, tenant_id: UUID) -> l
     found = []
     async for raw in platform.redis.client.scan_iter(match=platform.redis.prefix + "*"):
         key = raw.decode()
-        if str(device_id) in key or key.startswith(
-            platform.redis.key("etag", str(tenant_id))
-        ):
+        if str(device_id) in key or key.startswith(platform.redis.key("etag", str(tenant_id))):
             found.append(key)
     return sorted(found)

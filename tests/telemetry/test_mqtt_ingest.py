@@ -274,7 +274,9 @@ async def test_a_batch_updates_latest_last_seen_and_counters_and_a_replay_is_a_d
     )
     assert row["status"] == "active"
     assert int(row["last_seen_at"].timestamp() * 1000) == start_ms + 39
-    latest = await platform.redis.client.hgetall(platform.redis.key("latest", device.device_id))
+    latest = await platform.redis.client.hgetall(
+        platform.redis.key("latest", device.tenant_id, device.device_id)
+    )
     assert {k.decode(): orjson.loads(v) for k, v in latest.items()} == {
         "a": [start_ms + 39, 39.0],
         "b": [start_ms + 39, -39.0],
