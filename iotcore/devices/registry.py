@@ -62,12 +62,19 @@ def _identity(device_id: UUID, credentials: _Credentials | None) -> DeviceIdenti
 class DeviceRegistry:
     """Device credentials with a short in-process cache. Rotate, reset and claim drop the
     entry here and, through a Redis channel, in every other replica; the TTL bounds staleness
-    if a message is missed."""
+    if a message is missed.
+
+    A device changes hands (reset, re-claim), so a stale entry would resolve it to its former
+    tenant. Two rules keep one from surviving an invalidation: the whole cache is dropped each
+    time the listener's subscription is confirmed (whatever was published while it was not
+    listening is lost), and a look-up that was in flight when an invalidation arrived answers
+    its caller but is not cached (it may have read the row before the change)."""
 
     def __init__(self, platform: Platform) -> None:
         self._platform = platform
         self._ttl = platform.settings.device_cache_ttl_s
         self._cache: dict[UUID, tuple[float, _Credentials | None]] = {}
+        self._generation = 0  # bumped by every invalidation
         self._channel = platform.redis.key("devices", "invalidate")
         self._listener: asyncio.Task[None] | None = None
 
@@ -88,18 +95,28 @@ class DeviceRegistry:
                 pubsub = self._platform.redis.client.pubsub()
                 await pubsub.subscribe(self._channel)
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    kind = message.get("type")
+                    if kind == "subscribe":
+                        self._forget()  # listening from now on; before, messages were missed
+                    elif kind == "message":
                         device_id = parse_uuid(message["data"].decode())
                         if device_id is not None:
-                            self._cache.pop(device_id, None)
+                            self._forget(device_id)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis away: the TTL still bounds staleness; retry later
-                self._cache.clear()
+                self._forget()
                 await asyncio.sleep(1)
 
+    def _forget(self, device_id: UUID | None = None) -> None:
+        self._generation += 1
+        if device_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(device_id, None)
+
     async def invalidate(self, device_id: UUID) -> None:
-        self._cache.pop(device_id, None)
+        self._forget(device_id)
         with contextlib.suppress(Exception):
             await self._platform.redis.client.publish(self._channel, str(device_id))
 
@@ -114,13 +131,14 @@ class DeviceRegistry:
         found, credentials = self._fresh(device_id)
         if found:
             return credentials
-        now = time.monotonic()
+        now, generation = time.monotonic(), self._generation
         async with self._platform.db.transaction() as conn:
             row = await conn.fetchrow(SQL["credentials"], device_id)
         credentials = _Credentials(**dict(row)) if row else None
-        if len(self._cache) > 200_000:
-            self._cache.clear()
-        self._cache[device_id] = (now + self._ttl, credentials)
+        if generation == self._generation:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[device_id] = (now + self._ttl, credentials)
         return credentials
 
     def cached(self, device_id: UUID) -> tuple[bool, DeviceIdentity | None]:

@@ -20,6 +20,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
+from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
 from tests.support.devices import (
     DeviceCredentials,
@@ -329,6 +330,62 @@ async def test_a_write_racing_the_reset_leaves_no_latest_values_behind(
         "SELECT tenant_id FROM telemetry WHERE device_id = $1 AND metric = 'late'", device_id
     )
     assert stored == a.tenant_id
+
+
+async def test_a_replica_that_missed_the_invalidation_never_resolves_to_the_former_owner(
+    client: Client, settings: Settings, platform: Platform
+) -> None:
+    """Another replica, with a long cache TTL, looks the device up under A and is not
+    listening while the device changes hands: once its listener subscribes, it answers B."""
+    replica_platform = Platform.from_settings(
+        settings.model_copy(update={"device_cache_ttl_s": 300.0})
+    )
+    await replica_platform.start()
+    replica = DeviceRegistry(replica_platform)
+    try:
+        a, device, _, _, _ = await a_uses_the_device(client, settings)
+        device_id = UUID(device.device_id)
+        before = await replica.resolve(device_id)
+        assert before is not None and before.tenant_id == a.tenant_id
+        reset = await client.post(device_url(device, "/reset"), json=RESET, headers=a.headers)
+        assert reset.status == 200
+        b = await register(client)
+        await claim_with_secret(client, b, device)
+        await replica.start()
+        deadline = time.monotonic() + 15
+        now = await replica.resolve(device_id)
+        while (now is None or now.tenant_id != b.tenant_id) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            now = await replica.resolve(device_id)
+        assert now is not None and now.tenant_id == b.tenant_id, "stale tenant from the cache"
+    finally:
+        await replica.close()
+        await replica_platform.close()
+
+
+async def test_a_look_up_straddling_an_invalidation_is_not_cached(
+    client: Client, settings: Settings, platform: Platform, owner_conn: Any
+) -> None:
+    """The look-up read the row before the change, the invalidation came before it was
+    stored: caching its answer would keep the former tenant for a whole TTL."""
+    a = await register(client)
+    (device,) = await provision(client, settings)
+    await claim_with_secret(client, a, device)
+    device_id = UUID(device.device_id)
+    registry = DeviceRegistry(platform)
+    lock = owner_conn.transaction()
+    await lock.start()
+    await owner_conn.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+    try:
+        look_up = asyncio.create_task(registry.resolve(device_id))
+        await _wait_for_lock_waiters(platform, 1)
+        await registry.invalidate(device_id)
+    finally:
+        await lock.rollback()
+    identity = await look_up
+    assert identity is not None and identity.tenant_id == a.tenant_id
+    found, _ = registry.cached(device_id)
+    assert not found
 
 
 async def _wait_for_lock_waiters(platform: Platform, count: int) -> None:
