@@ -24,6 +24,7 @@ from iotcore.auth.principal import UserPrincipal
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import Unauthenticated, ValidationFailed
 from iotcore.platform.types import rfc3339_ms
+from iotcore.telemetry.derived import live_key
 
 TICKET_TTL_S = 60
 HEARTBEAT_S = 15
@@ -77,7 +78,7 @@ class LiveStream:
         )
         await response.prepare(request)
         await response.write(b"retry: 2000\n\n")
-        key = self._redis.key("live", str(principal.tenant_id))
+        key = live_key(self._redis, principal.tenant_id)
         position = last_event_id or "$"
         idle = 0.0
         with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
