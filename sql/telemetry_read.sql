@@ -8,7 +8,7 @@
 -- infinities), whose text form is valid JSON.
 
 -- name: metrics
--- Kept by the writer (migrations/0006, keyed by tenant since 0008): primary-key reads, however
+-- Kept by the writer (migrations/0006, keyed by tenant since 0009): primary-key reads, however
 -- many rows the device has; RLS keeps them to the tenant's own.
 SELECT metric, ts AS last_ts, value AS last_value
 FROM telemetry_latest
@@ -16,7 +16,7 @@ WHERE device_id = $1
 ORDER BY metric
 
 -- name: held_before
--- Whether this tenant held the device until a reset (migrations/0008): it may read its history.
+-- Whether this tenant held the device until a reset (migrations/0009): it may read its history.
 SELECT EXISTS (SELECT 1 FROM device_releases WHERE device_id = $1)
 
 -- The four raw page shapes. The keyset (ts, metric) always has a value (the window edge on
