@@ -18,6 +18,7 @@ from iotcore.platform.http import (
     add_request_id_header,
     observe_middleware,
 )
+from iotcore.platform.server import hide_server_banner
 from iotcore.telemetry import routes as telemetry_routes
 
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> web.Appl
     app[SETTINGS_KEY] = settings
     app[PLATFORM_KEY] = platform
     app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(hide_server_banner)
     health.install(app, platform)
 
     if owns_platform:

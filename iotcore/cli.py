@@ -19,6 +19,7 @@ from iotcore.devices import client as device_client
 from iotcore.platform.context import Platform
 from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
+from iotcore.platform.server import ApiRunner
 from iotcore.telemetry import simulate
 
 log = logging.getLogger("iotcore.cli")
@@ -43,7 +44,7 @@ async def wait_for_shutdown() -> None:
 async def start_api(settings: Settings, platform: Platform | None = None) -> web.AppRunner:
     from iotcore.app import create_app
 
-    runner = web.AppRunner(create_app(settings, platform), access_log=None, shutdown_timeout=10)
+    runner = ApiRunner(create_app(settings, platform), settings, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()
@@ -65,7 +66,7 @@ async def start_ops_server(platform: Platform) -> web.AppRunner:
     from iotcore.platform.health import create_ops_app
 
     settings = platform.settings
-    runner = web.AppRunner(create_ops_app(platform), access_log=None)
+    runner = ApiRunner(create_ops_app(platform), settings)
     await runner.setup()
     await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
     return runner

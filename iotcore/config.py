@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # A connection waiting for a request head (idle keep-alive, or a head sent in part) is
+    # closed after this long.
+    http_idle_timeout_s: float = Field(default=30, gt=0)
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     trusted_proxies: int = Field(default=0, ge=0, description="X-Forwarded-For hops to trust")
 
@@ -93,6 +96,9 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=1, ge=1)
     login_max_failures: int = Field(default=5, ge=1)
     login_window_s: int = Field(default=900, ge=1)
+    # The per-account backstop, for addresses the account never logged in from.
+    login_account_max_failures: int = Field(default=100, ge=1)
+    login_account_window_s: int = Field(default=3600, ge=1)
     register_max_per_ip: int = Field(default=20, ge=1)
     register_window_s: int = Field(default=3600, ge=1)
     # How long a replica believes a user's role or an API key without asking the database

@@ -14,6 +14,7 @@ import asyncpg
 from iotcore.auth.passwords import Passwords, check_password_rules
 from iotcore.auth.principal import Role, UserPrincipal
 from iotcore.auth.schemas import TenantOut, TokenResponse, UserOut
+from iotcore.auth.throttle import LoginThrottle
 from iotcore.auth.tokens import KeyRing, hash_refresh_token, new_refresh_token
 from iotcore.platform.cache import SharedInvalidationCache
 from iotcore.platform.context import Platform
@@ -26,7 +27,7 @@ from iotcore.platform.errors import (
     Unauthenticated,
 )
 from iotcore.platform.pagination import decode_keyset, keyset_page
-from iotcore.platform.ratelimit import FixedWindow
+from iotcore.platform.ratelimit import AttemptLimiter, Limit
 from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.auth")
@@ -59,15 +60,11 @@ class AuthService:
         self.keys = KeyRing(settings)
         self.passwords = Passwords(settings)
         self._refresh_ttl = timedelta(seconds=settings.refresh_token_ttl_s)
-        self._login_failures = FixedWindow(
-            platform.redis, "login", settings.login_max_failures, settings.login_window_s
-        )
-        self._registrations = FixedWindow(
-            platform.redis, "register", settings.register_max_per_ip, settings.register_window_s
-        )
-        self._password_failures = FixedWindow(
-            platform.redis, "password", settings.login_max_failures, settings.login_window_s
-        )
+        self._logins = LoginThrottle(platform.redis, settings)
+        self._registrations = AttemptLimiter(platform.redis, "register")
+        self._registration_limit = (settings.register_max_per_ip, settings.register_window_s)
+        self._password_checks = AttemptLimiter(platform.redis, "password")
+        self._password_limit = (settings.login_max_failures, settings.login_window_s)
         # user id -> (tenant, current role), or None once the user is gone.
         self._users: SharedInvalidationCache[tuple[UUID, Role] | None] = SharedInvalidationCache(
             platform.redis, "users", settings.auth_cache_ttl_s
@@ -98,7 +95,7 @@ class AuthService:
     async def register(
         self, email: str, password: str, tenant_name: str, caller: Caller
     ) -> TokenResponse:
-        wait = await self._registrations.hit(caller.ip)
+        wait = await self._registrations.take(Limit(caller.ip, *self._registration_limit))
         if wait:
             raise RateLimited(wait, "Too many registrations from this address; retry later.")
         check_password_rules(password, email)
@@ -121,20 +118,13 @@ class AuthService:
             return await self._token_response(conn, principal)
 
     async def login(self, email: str, password: str, caller: Caller) -> TokenResponse:
-        # Failed attempts are counted per e-mail and per address in fixed windows: after the
-        # limit, 429 until the window ends. A window (not a growing lock-out) bounds how long
-        # an attacker can keep a victim's account throttled by failing on purpose.
-        subjects = (f"email:{email}", f"ip:{caller.ip}")
-        wait = await self._login_failures.exceeded(*subjects)
-        if wait:
-            raise RateLimited(wait, "Too many failed logins; retry later.")
+        limits = await self._logins.admit(email, caller.ip)
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(SQL["login_lookup"], email)
         matches, needs_rehash = await self.passwords.verify(
             row["password_hash"] if row else None, password
         )
         if not matches or row is None:
-            await self._login_failures.hit(*subjects)
             if row is not None:
                 async with self._db.tenant_transaction(row["tenant_id"]) as conn:
                     await audit(
@@ -142,7 +132,7 @@ class AuthService:
                     )
             log.info("login failed", extra={"reason": "invalid_credentials"})
             raise Unauthenticated("E-mail or password is wrong.", code="invalid_credentials")
-        await self._login_failures.reset(subjects[0])
+        await self._logins.succeeded(email, caller.ip, limits)
         principal = UserPrincipal(row["user_id"], row["tenant_id"], row["role"])
         new_hash = await self.passwords.hash(password) if needs_rehash else None
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
@@ -284,8 +274,8 @@ class AuthService:
     ) -> None:
         if principal.is_api_key:
             raise Forbidden("An API key has no password.")
-        subject = f"user:{principal.user_id}"
-        wait = await self._password_failures.exceeded(subject)
+        limit = Limit(f"user:{principal.user_id}", *self._password_limit)
+        wait = await self._password_checks.take(limit)
         if wait:
             raise RateLimited(wait, "Too many wrong passwords; retry later.")
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
@@ -294,7 +284,6 @@ class AuthService:
             raise Unauthenticated("This user no longer exists.", code="token_revoked")
         matches, _ = await self.passwords.verify(row["password_hash"], current)
         if not matches:
-            await self._password_failures.hit(subject)
             async with self._db.tenant_transaction(principal.tenant_id) as conn:
                 await audit(
                     conn,
@@ -319,7 +308,7 @@ class AuthService:
                 ip=caller.ip,
                 details={"refresh_tokens_revoked": int(revoked.split()[-1])},
             )
-        await self._password_failures.reset(subject)
+        await self._password_checks.refund(limit)
 
     async def authenticate(self, token: str) -> UserPrincipal:
         """The principal of a bearer token, with the user's role as it is now: a removed

@@ -30,7 +30,7 @@ from iotcore.platform.errors import (
     RateLimited,
 )
 from iotcore.platform.pagination import decode_keyset, encode_keyset
-from iotcore.platform.ratelimit import FixedWindow
+from iotcore.platform.ratelimit import AttemptLimiter, Limit
 from iotcore.platform.sql import queries
 from iotcore.telemetry.derived import clear_device_state
 
@@ -53,9 +53,8 @@ class DeviceService:
         self._signing_key_id = settings.manufacturing_signing_key_id
         self._grace = timedelta(seconds=settings.secret_rotation_grace_s)
         self.verifier = RequestVerifier(platform)
-        self._claims = FixedWindow(
-            platform.redis, "claim", settings.claim_max_failures, settings.claim_window_s
-        )
+        self._claims = AttemptLimiter(platform.redis, "claim")
+        self._claim_limit = (settings.claim_max_failures, settings.claim_window_s)
 
     # factory ---------------------------------------------------------------------------
 
@@ -154,8 +153,10 @@ class DeviceService:
     async def claim(
         self, principal: UserPrincipal, serial: str, code: str, name: str | None, ip: str
     ) -> DeviceOut:
-        subjects = (f"user:{principal.user_id}", f"serial:{serial}")
-        wait = await self._claims.exceeded(*subjects)
+        # The guessing tenant is throttled, not the serial: a serial-wide limit would let any
+        # tenant lock every other out of claiming that device by failing on purpose.
+        limit = Limit(f"tenant:{principal.tenant_id}", *self._claim_limit)
+        wait = await self._claims.take(limit)
         if wait:
             raise RateLimited(wait, "Too many failed claim attempts; retry later.")
         row = await self._lookup(None, serial)
@@ -163,13 +164,12 @@ class DeviceService:
         # An unknown serial costs and answers the same as a wrong code.
         valid = signing.claim_code_matches(key or "unknown-serial", serial, code)
         if row is None or key is None or not valid:
-            await self._claims.hit(*subjects)
             raise Forbidden("The serial number and claim code do not match.", code="invalid_claim")
+        await self._claims.refund(limit)  # a right code is not a guess
         async with self._db.transaction() as conn:
             outcome = await conn.fetchval(SQL["claim"], row["device_id"], principal.tenant_id, name)
         if outcome == "claimed_by_other":
             raise Conflict("This device is claimed by another tenant.", code="already_claimed")
-        await self._claims.reset(subjects[0])
         await self._registry.invalidate(row["device_id"])
         if outcome == "claimed":
             # A clean slate: nothing cached under this tenant from an earlier tenure of the

@@ -31,6 +31,10 @@ class MalformedJson(ApiError):
     status, code, message = 400, "malformed_json", "The request body is not valid JSON."
 
 
+class MalformedRequest(ApiError):
+    status, code, message = 400, "malformed_request", "The request is not valid HTTP."
+
+
 class Unauthenticated(ApiError):
     status, code, message = 401, "unauthenticated", "Authentication is required."
 

@@ -23,6 +23,7 @@ from iotcore.platform.http import (
 )
 from iotcore.platform.metrics import READY
 from iotcore.platform.openapi import build_openapi, render_docs_page
+from iotcore.platform.server import hide_server_banner
 
 log = logging.getLogger("iotcore.health")
 CHECK_TIMEOUT_S = 1.5
@@ -200,6 +201,7 @@ def create_ops_app(platform: Platform) -> web.Application:
     app = web.Application(middlewares=[observe_middleware])
     app[SETTINGS_KEY] = platform.settings
     app[PLATFORM_KEY] = platform
+    app.on_response_prepare.append(hide_server_banner)
     install(app, platform)
     endpoints = [e for e in ENDPOINTS if e.path != "/api/v1/docs"]
     add_endpoints(app, endpoints)

@@ -1,6 +1,7 @@
 """Rate limits kept in Redis, so every replica shares them.
 
-- `FixedWindow`: count events per key in a window (failed logins, claim attempts).
+- `AttemptLimiter`: attempts per subject in fixed windows, checked and counted atomically
+  (logins, registrations, claims).
 - `TokenBuckets`: several token buckets checked and charged in one Lua call (telemetry).
 """
 
@@ -11,17 +12,36 @@ from dataclasses import dataclass
 
 from iotcore.platform.redis import Redis
 
-# KEYS: counters; ARGV[1]: window seconds. Increments every key, returns for each its count
-# and remaining TTL (ms), in one round trip.
-_HIT = """
-local out = {}
+# Attempt counters: KEYS = counters; ARGV = per key its limit, then its window (ms). If any
+# counter is at its limit, counts nothing and returns the longest wait (ms); else counts the
+# attempt on every key and returns 0. Check and count in one script: concurrent attempts
+# cannot all pass a check made before any of them was counted.
+_TAKE = """
+local wait = 0
 for i, key in ipairs(KEYS) do
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('PEXPIRE', key, ARGV[1] * 1000) end
-  out[#out + 1] = n
-  out[#out + 1] = redis.call('PTTL', key)
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[2 * i - 1]) then
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 then
+      ttl = tonumber(ARGV[2 * i])
+      redis.call('PEXPIRE', key, ttl)
+    end
+    wait = math.max(wait, ttl)
+  end
 end
-return out
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[2 * i]) end
+end
+return 0
+"""
+
+# Uncounts one attempt on every key (never below zero).
+_REFUND = """
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
+return 0
 """
 
 # Token buckets for one or many requests in one call: KEYS = every request's buckets in
@@ -73,49 +93,38 @@ MAX_COALESCED = 512
 
 
 @dataclass(frozen=True)
-class WindowState:
-    count: int
-    retry_after_s: int
+class Limit:
+    """At most `limit` attempts per `window_s` seconds for `subject`."""
+
+    subject: str
+    limit: int
+    window_s: int
 
 
-class FixedWindow:
-    """At most `limit` events per `window_s` seconds per key."""
+class AttemptLimiter:
+    """Fixed-window attempt counters. An attempt is counted before it is evaluated, in the
+    same Redis call as the check; a caller that succeeds hands its attempt back (`refund`),
+    so only failures use up the limit."""
 
-    def __init__(self, redis: Redis, name: str, limit: int, window_s: int) -> None:
+    def __init__(self, redis: Redis, name: str) -> None:
         self._redis = redis
         self._name = name
-        self.limit = limit
-        self.window_s = window_s
-        self._hit = redis.client.register_script(_HIT)
+        self._take = redis.client.register_script(_TAKE)
+        self._refund = redis.client.register_script(_REFUND)
 
     def _key(self, subject: str) -> str:
         return self._redis.key("rl", self._name, subject)
 
-    async def exceeded(self, *subjects: str) -> int:
-        """Seconds to wait when any subject is at its limit already, else 0 (counts nothing)."""
-        keys = [self._key(s) for s in subjects]
-        pipe = self._redis.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-            pipe.pttl(key)
-        values = await pipe.execute()
-        wait_ms = 0
-        for count, ttl in zip(values[0::2], values[1::2], strict=True):
-            if count is not None and int(count) >= self.limit:
-                wait_ms = max(wait_ms, int(ttl) if int(ttl) > 0 else self.window_s * 1000)
-        return -(-wait_ms // 1000)
+    async def take(self, *limits: Limit) -> int:
+        """0 when the attempt may go ahead (and is counted), else seconds to wait."""
+        args: list[int] = []
+        for limit in limits:
+            args.extend((limit.limit, limit.window_s * 1000))
+        wait_ms = await self._take(keys=[self._key(lim.subject) for lim in limits], args=args)
+        return -(-int(wait_ms) // 1000)
 
-    async def hit(self, *subjects: str) -> int:
-        """Count one event for each subject; returns the seconds to wait if any went over."""
-        raw = await self._hit(keys=[self._key(s) for s in subjects], args=[self.window_s])
-        wait_ms = 0
-        for count, ttl in zip(raw[0::2], raw[1::2], strict=True):
-            if int(count) > self.limit:
-                wait_ms = max(wait_ms, int(ttl))
-        return -(-wait_ms // 1000)
-
-    async def reset(self, *subjects: str) -> None:
-        await self._redis.client.delete(*(self._key(s) for s in subjects))
+    async def refund(self, *limits: Limit) -> None:
+        await self._refund(keys=[self._key(lim.subject) for lim in limits])
 
 
 @dataclass(frozen=True)
