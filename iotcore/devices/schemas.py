@@ -13,7 +13,7 @@ from iotcore.platform.types import Timestamp
 
 DeviceStatus = Literal["unclaimed", "claimed", "active", "rekey_pending"]
 SERIAL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
-LABEL_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+LABEL_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class Strict(BaseModel):
@@ -111,8 +111,10 @@ class DevicePatch(Strict):
     @classmethod
     def _label_shape(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
         for key, value in (labels or {}).items():
-            if not re.match(LABEL_KEY_PATTERN, key) or len(value) > 256:
-                raise ValueError("label keys match ^[A-Za-z0-9_.:-]{1,64}$, values <= 256 chars")
+            if not LABEL_KEY.fullmatch(key) or len(value) > 256:
+                raise ValueError(
+                    "label keys are 1 to 64 of A-Z a-z 0-9 _ . : -; values <= 256 chars"
+                )
         return labels
 
 

@@ -63,8 +63,22 @@ class UnsupportedMediaType(ApiError):
     status, code, message = 415, "unsupported_media_type", "Send application/json."
 
 
+MAX_DETAILS = 20
+
+
 class ValidationFailed(ApiError):
     status, code, message = 422, "validation_error", "The request is not valid."
+
+    def __init__(self, message: str | None = None, *, details: list[dict[str, Any]]) -> None:
+        # At most MAX_DETAILS entries, then one counting the rest: 60,000 unknown keys must
+        # not become a 60,000-entry answer.
+        if len(details) > MAX_DETAILS:
+            more = len(details) - MAX_DETAILS
+            details = [
+                *details[:MAX_DETAILS],
+                {"field": "*", "problem": f"{more} more problems not shown"},
+            ]
+        super().__init__(message, details=details)
 
     @classmethod
     def field(cls, field: str, problem: str) -> ValidationFailed:

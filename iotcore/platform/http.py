@@ -83,6 +83,26 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return details
 
 
+def nul_characters(data: Any) -> list[dict[str, Any]]:
+    """Where strings in `data` (keys included) hold a NUL: PostgreSQL text cannot store one,
+    so no field may carry it."""
+    found: list[dict[str, Any]] = []
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, location = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append({"field": location or "body", "problem": "contains a NUL character"})
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    found.append({"field": location or "body", "problem": "a key holds a NUL"})
+                stack.append((item, f"{location}.{key}".lstrip(".")))
+        elif isinstance(value, list):
+            stack.extend((item, f"{location}.{i}".lstrip(".")) for i, item in enumerate(value))
+    return found
+
+
 async def read_body(request: web.Request) -> bytes:
     """The raw body (cached by aiohttp, so signature checks and parsing can both read it)."""
     try:
@@ -103,6 +123,9 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
 
 
 def validate(model: type[ModelT], data: Any) -> ModelT:
+    nul = nul_characters(data)
+    if nul:
+        raise errors.ValidationFailed(details=nul)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from iotcore.platform.errors import ValidationFailed
+from iotcore.platform.types import within_range
 
 
 class ListQuery(BaseModel):
@@ -44,7 +45,7 @@ def decode_keyset(cursor: str | None) -> tuple[datetime | None, UUID | None]:
         return None, None
     position = decode_cursor(cursor, {"t", "id"})
     try:
-        return datetime.fromisoformat(position["t"]), UUID(position["id"])
+        return within_range(datetime.fromisoformat(position["t"])), UUID(position["id"])
     except (TypeError, ValueError) as exc:
         raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc
 

@@ -17,7 +17,7 @@ import orjson
 
 from iotcore.config import Settings
 
-METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+METRIC_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # fullmatch: no trailing newline
 
 
 class PayloadRejected(Exception):
@@ -136,7 +136,7 @@ class PayloadParser:
             return
         values: dict[str, float] = {}
         for name, value in metrics.items():
-            if not METRIC_NAME.match(name):
+            if not METRIC_NAME.fullmatch(name):
                 out.rejects.append(("invalid_metric_name", f"{where}: bad metric name"))
                 return
             try:

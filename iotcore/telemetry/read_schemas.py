@@ -8,11 +8,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from iotcore.platform.types import Timestamp
+from iotcore.platform.types import Timestamp, within_range
 
 _DURATION = re.compile(
-    r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?$"
+    r"P(?:(?P<w>[0-9]{1,9})W)?(?:(?P<d>[0-9]{1,9})D)?"
+    r"(?:T(?:(?P<h>[0-9]{1,9})H)?(?:(?P<m>[0-9]{1,9})M)?(?:(?P<s>[0-9]{1,9})S)?)?"
 )
+MAX_BUCKET = timedelta(days=3660)
+METRIC_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # pydantic's (Rust) regex: $ is the very end
 NAMED_BUCKETS = {
     "1m": timedelta(minutes=1),
     "5m": timedelta(minutes=5),
@@ -20,32 +23,39 @@ NAMED_BUCKETS = {
     "1h": timedelta(hours=1),
     "1d": timedelta(days=1),
 }
+_EPOCH_MS = re.compile(r"-?[0-9]{1,15}")
 FUNCTIONS = ("avg", "min", "max", "sum", "count")
 
 
 def parse_time(value: str) -> datetime:
-    """RFC 3339 or integer epoch milliseconds."""
-    if value.lstrip("-").isdigit():
-        return datetime.fromtimestamp(int(value) / 1000, UTC)
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError("needs a time zone (RFC 3339)")
-    return parsed.astimezone(UTC)
+    """RFC 3339 or integer epoch milliseconds, between EARLIEST and LATEST."""
+    if _EPOCH_MS.fullmatch(value):
+        return within_range(datetime.fromtimestamp(int(value) / 1000, UTC))
+    return within_range(datetime.fromisoformat(value.replace("Z", "+00:00")))
 
 
 def parse_bucket(value: str) -> timedelta:
     """1m, 5m, 15m, 1h, 1d, or an ISO 8601 duration in weeks, days, hours, minutes, seconds."""
     if value in NAMED_BUCKETS:
         return NAMED_BUCKETS[value]
-    match = _DURATION.match(value)
+    match = _DURATION.fullmatch(value)
     if not match or value in ("P", "PT"):
         raise ValueError("use 1m, 5m, 15m, 1h, 1d or an ISO 8601 duration such as PT30M")
     parts = {k: int(v) for k, v in match.groupdict(default="0").items()}
-    bucket = timedelta(
-        weeks=parts["w"], days=parts["d"], hours=parts["h"], minutes=parts["m"], seconds=parts["s"]
-    )
+    try:
+        bucket = timedelta(
+            weeks=parts["w"],
+            days=parts["d"],
+            hours=parts["h"],
+            minutes=parts["m"],
+            seconds=parts["s"],
+        )
+    except OverflowError as exc:
+        raise ValueError("a bucket is at most ten years") from exc
     if bucket < timedelta(seconds=1):
         raise ValueError("a bucket is at least one second")
+    if bucket > MAX_BUCKET:
+        raise ValueError("a bucket is at most ten years")
     return bucket
 
 
@@ -66,14 +76,14 @@ class Window(BaseModel):
 
 
 class RawQuery(Window):
-    metric: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    metric: str | None = Field(default=None, pattern=METRIC_PATTERN)
     order: Literal["asc", "desc"] = "asc"
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(default=None, max_length=512)
 
 
 class AggregateQuery(Window):
-    metric: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    metric: str = Field(pattern=METRIC_PATTERN)
     bucket: str = "5m"
     fn: str = "avg,min,max,count"
 

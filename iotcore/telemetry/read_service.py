@@ -19,8 +19,9 @@ from iotcore.platform.db import Connection
 from iotcore.platform.errors import NotFound, ValidationFailed
 from iotcore.platform.pagination import decode_cursor, encode_cursor
 from iotcore.platform.sql import queries
-from iotcore.platform.types import rfc3339_ms
+from iotcore.platform.types import rfc3339_ms, within_range
 from iotcore.telemetry.derived import LATEST_TTL_S, EtagSlot, latest_key, remember_etag
+from iotcore.telemetry.payload import METRIC_NAME
 from iotcore.telemetry.read_schemas import (
     FUNCTIONS,
     AggregateQuery,
@@ -115,7 +116,10 @@ class TelemetryReader:
             if position["o"] != query.order:
                 raise ValidationFailed.field("cursor", "belongs to the other order")
             try:
-                after_ts, after_metric = datetime.fromisoformat(position["t"]), str(position["m"])
+                after_ts = within_range(datetime.fromisoformat(position["t"]))
+                after_metric = str(position["m"])
+                if not METRIC_NAME.fullmatch(after_metric):
+                    raise ValueError("not a metric name")
             except (TypeError, ValueError) as exc:
                 raise ValidationFailed.field("cursor", "not a cursor this server issued") from exc
         elif ascending:

@@ -31,7 +31,8 @@ _MISSING = object()
 
 
 def excerpt(raw: bytes) -> str:
-    return raw[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+    # PostgreSQL text cannot hold NUL: a body with raw NUL bytes is still recorded.
+    return raw[:EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def parse_topic(topic: str) -> tuple[UUID, UUID] | None:

@@ -29,7 +29,7 @@ from iotcore.telemetry.derived import live_key
 TICKET_TTL_S = 60
 HEARTBEAT_S = 15
 BLOCK_MS = 5000
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 class LiveStream:
@@ -67,7 +67,7 @@ class LiveStream:
         device_ids: set[str],
         last_event_id: str | None,
     ) -> web.StreamResponse:
-        if last_event_id is not None and not _STREAM_ID.match(last_event_id):
+        if last_event_id is not None and not _STREAM_ID.fullmatch(last_event_id):
             raise ValidationFailed.field("Last-Event-ID", "not an event id of this stream")
         response = web.StreamResponse(
             headers={
