@@ -5,11 +5,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from iotcore.auth import routes as auth_routes
 from iotcore.config import Settings
 from iotcore.devices import routes as devices_routes
-from iotcore.platform import health
+from iotcore.platform import health, listeners
 from iotcore.platform.context import PLATFORM_KEY, Platform
 from iotcore.platform.http import (
     SETTINGS_KEY,
@@ -29,12 +30,16 @@ def package_version() -> str:
         return "0.0.0"
 
 
-def create_app(settings: Settings, platform: Platform | None = None) -> web.Application:
+def create_app(
+    settings: Settings, platform: Platform | None = None, *, internal_port: int | None = None
+) -> web.Application:
     """Build the API. A `platform` passed in is shared with other roles of the process and is
-    then started and closed by its owner, not by the app."""
-    app = web.Application(
-        middlewares=[observe_middleware], client_max_size=settings.http_max_body_bytes
-    )
+    then started and closed by its owner, not by the app. With `internal_port`, /metrics and
+    the broker hooks answer only on that port and the public OpenAPI leaves them out."""
+    middlewares: list[Middleware] = [observe_middleware]
+    if internal_port is not None:
+        middlewares.append(listeners.internal_only(internal_port))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.http_max_body_bytes)
     owns_platform = platform is None
     platform = platform or Platform.from_settings(settings)
     app[SETTINGS_KEY] = settings
@@ -61,5 +66,6 @@ def create_app(settings: Settings, platform: Platform | None = None) -> web.Appl
         # After the domains' own clean-up (the writer flushes through the pools).
         app.on_cleanup.append(close_platform)
     add_endpoints(app, endpoints)
-    health.install_openapi(app, endpoints, package_version())
+    documented = endpoints if internal_port is None else listeners.public_endpoints(endpoints)
+    health.install_openapi(app, documented, package_version())
     return app

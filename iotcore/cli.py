@@ -44,12 +44,26 @@ async def wait_for_shutdown() -> None:
 async def start_api(settings: Settings, platform: Platform | None = None) -> web.AppRunner:
     from iotcore.app import create_app
 
-    runner = ApiRunner(create_app(settings, platform), settings, shutdown_timeout=10)
+    # /metrics and the broker hooks on their own port (IOT_METRICS_PORT), kept off the public
+    # one; both ports being the same serves everything on one.
+    split = settings.metrics_port != settings.http_port
+    app = create_app(settings, platform, internal_port=settings.metrics_port if split else None)
+    runner = ApiRunner(app, settings, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()
+    if split:
+        internal = web.TCPSite(
+            runner, settings.http_host, settings.metrics_port, reuse_address=True
+        )
+        await internal.start()
     log.info("api listening", extra={"host": settings.http_host, "port": settings.http_port})
     print(f"iotcore api listening on http://{settings.http_host}:{settings.http_port}", flush=True)
+    print(
+        f"iotcore internal listener (/metrics, /api/v1/mqtt/*) on "
+        f"http://{settings.http_host}:{settings.metrics_port}",
+        flush=True,
+    )
     return runner
 
 
@@ -90,17 +104,26 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
-    from iotcore.maintenance.jobs import run_forever, run_once
+    from iotcore.maintenance.jobs import MaintenanceStatus, run_forever, run_once
 
     if args.once:
         report = await run_once(settings)
         print(f"maintenance: {report}", flush=True)
         return
-    task = asyncio.create_task(run_forever(settings))
+    platform = Platform.from_settings(settings)
+    await platform.start()
+    status = MaintenanceStatus()
+    # Ready (and healthy to compose) only while the last pass succeeded.
+    platform.readiness_checks["maintenance"] = status.check
+    ops = await start_ops_server(platform)
+    print(f"iotcore maintain: metrics on port {settings.metrics_port}", flush=True)
+    task = asyncio.create_task(run_forever(settings, status))
     try:
         await wait_for_shutdown()
     finally:
         task.cancel()
+        await ops.cleanup()
+        await platform.close()
 
 
 async def run_broker(settings: Settings, args: argparse.Namespace) -> None:

@@ -68,7 +68,13 @@ class Settings(BaseSettings):
     # A connection waiting for a request head (idle keep-alive, or a head sent in part) is
     # closed after this long.
     http_idle_timeout_s: float = Field(default=30, gt=0)
-    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    metrics_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="Internal listener: /metrics, health and the broker hooks (/api/v1/mqtt/*); "
+        "keep it off the public network (the public port answers 404 for them)",
+    )
     trusted_proxies: int = Field(default=0, ge=0, description="X-Forwarded-For hops to trust")
 
     # MQTT: the broker ingest consumes from, and the embedded broker

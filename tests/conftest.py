@@ -163,6 +163,8 @@ def make_settings(database: str, **overrides: object) -> Settings:
         "http_host": "127.0.0.1",
         "http_port": 0,
         "broker_port": free_port(),
+        # `iotcore api`/`run` bind /metrics and the broker hooks there: never the shared 9100.
+        "metrics_port": free_port(),
         # Cheap argon2 for speed; the benchmark uses the production defaults.
         "argon2_time_cost": 1,
         "argon2_memory_kib": 8192,

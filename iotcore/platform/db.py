@@ -78,6 +78,19 @@ class Database:
     def read_pool(self) -> Pool:
         return self._read or self.primary
 
+    def pool_sizes(self) -> dict[str, dict[str, int]]:
+        """Connections per pool (in_use, idle, max), for the metrics endpoint."""
+        pools = {"primary": self._primary, "read": self._read}
+        return {
+            name: {
+                "in_use": pool.get_size() - pool.get_idle_size(),
+                "idle": pool.get_idle_size(),
+                "max": pool.get_max_size(),
+            }
+            for name, pool in pools.items()
+            if pool is not None
+        }
+
     @asynccontextmanager
     async def transaction(self, *, read: bool = False) -> AsyncIterator[Connection]:
         """A transaction with no tenant set: only SECURITY DEFINER look-ups see anything."""

@@ -21,7 +21,7 @@ from iotcore.platform.http import (
     json_response,
     observe_middleware,
 )
-from iotcore.platform.metrics import READY
+from iotcore.platform.metrics import DB_POOL_CONNECTIONS, READY, READY_CHECK
 from iotcore.platform.openapi import build_openapi, render_docs_page
 from iotcore.platform.server import hide_server_banner
 
@@ -124,14 +124,21 @@ class ReadinessProbe:
 PROBE_KEY = web.AppKey("readiness_probe", ReadinessProbe)
 
 
+def observe_readiness(checks: dict[str, str]) -> bool:
+    for name, state in checks.items():
+        READY_CHECK.labels(name).set(1 if state == "ok" else 0)
+    healthy = all(v == "ok" for v in checks.values())
+    READY.set(1 if healthy else 0)
+    return healthy
+
+
 async def live(request: web.Request) -> web.Response:
     return json_response(Live(status="ok"))
 
 
 async def ready(request: web.Request) -> web.Response:
     checks = await request.app[PROBE_KEY].check()
-    healthy = all(v == "ok" for v in checks.values())
-    READY.set(1 if healthy else 0)
+    healthy = observe_readiness(checks)
     status = 200 if healthy else 503
     if not healthy:
         log.warning("not ready", extra={"checks": checks})
@@ -143,6 +150,13 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    platform = request.app[PLATFORM_KEY]
+    for pool, sizes in platform.db.pool_sizes().items():
+        for state, value in sizes.items():
+            DB_POOL_CONNECTIONS.labels(pool, state).set(value)
+    # The readiness checks (coalesced with the probes) give every scrape the dependencies'
+    # state, so alerts and dashboards do not depend on someone polling /health/ready.
+    observe_readiness(await request.app[PROBE_KEY].check())
     body = prometheus_client.generate_latest()
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 

@@ -43,3 +43,29 @@ INGEST_PUBLISH_LAG = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300),
 )
 RATE_LIMITED = Counter("iotcore_rate_limited_total", "Requests refused by a rate limit", ["scope"])
+
+# Read at scrape time (iotcore.platform.health.metrics), not kept up to date by the hot path.
+DB_POOL_CONNECTIONS = Gauge(
+    "iotcore_db_pool_connections",
+    "Database pool connections by pool (primary, read) and state (in_use, idle, max)",
+    ["pool", "state"],
+)
+READY_CHECK = Gauge(
+    "iotcore_ready_check", "1 when this readiness check (postgres, redis, ...) passes", ["check"]
+)
+
+MAINTENANCE_RUNS = Counter(
+    "iotcore_maintenance_runs_total", "Maintenance passes by outcome (ok, failed)", ["outcome"]
+)
+MAINTENANCE_LAST_SUCCESS = Gauge(
+    "iotcore_maintenance_last_success_timestamp_seconds",
+    "Unix time of the last maintenance pass that completed",
+)
+MAINTENANCE_SECONDS = Gauge(
+    "iotcore_maintenance_duration_seconds", "How long the last maintenance pass took"
+)
+DEFAULT_PARTITION_ROWS = Gauge(
+    "iotcore_telemetry_default_partition_rows",
+    "Rows in telemetry_default (native partitioning): readings no daily partition covered "
+    "(counted up to 100,000)",
+)
