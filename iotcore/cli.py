@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from iotcore.config import Settings, get_settings
 from iotcore.devices import client as device_client
+from iotcore.operations import smoke
 from iotcore.platform.context import Platform
 from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("check", help="fail on misnumbered migrations or missing rollbacks")
     device_client.add_parsers(roles)
     simulate.add_parser(roles)
+    smoke.add_parser(roles)
     return parser
 
 
@@ -247,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.role == "migrate":
         return run_migrate(settings, args)
+    if args.role == "smoke":
+        return asyncio.run(smoke.run_smoke_command(settings, args))
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(ASYNC_ROLES[args.role](settings, args))

@@ -21,7 +21,12 @@ from iotcore.platform.http import (
     json_response,
     observe_middleware,
 )
-from iotcore.platform.metrics import DB_POOL_CONNECTIONS, READY, READY_CHECK
+from iotcore.platform.metrics import (
+    DB_POOL_CONNECTIONS,
+    READY,
+    READY_CHECK,
+    WRITER_QUEUE_CAPACITY,
+)
 from iotcore.platform.openapi import build_openapi, render_docs_page
 from iotcore.platform.server import hide_server_banner
 
@@ -151,6 +156,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM_KEY]
+    WRITER_QUEUE_CAPACITY.set(platform.settings.writer_queue_rows)
     for pool, sizes in platform.db.pool_sizes().items():
         for state, value in sizes.items():
             DB_POOL_CONNECTIONS.labels(pool, state).set(value)

@@ -50,6 +50,9 @@ DB_POOL_CONNECTIONS = Gauge(
     "Database pool connections by pool (primary, read) and state (in_use, idle, max)",
     ["pool", "state"],
 )
+WRITER_QUEUE_CAPACITY = Gauge(
+    "iotcore_writer_queue_capacity_rows", "The writer queue's bound (IOT_WRITER_QUEUE_ROWS)"
+)
 READY_CHECK = Gauge(
     "iotcore_ready_check", "1 when this readiness check (postgres, redis, ...) passes", ["check"]
 )

@@ -54,8 +54,10 @@ async def test_broker_hooks_only_on_the_internal_port(
 
 async def test_public_openapi_leaves_internal_routes_out(ports: tuple[str, str]) -> None:
     public, _ = ports
-    async with aiohttp.ClientSession() as session:
-        async with session.get(public + "/api/v1/openapi.json") as response:
-            paths = (await response.json())["paths"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(public + "/api/v1/openapi.json") as response,
+    ):
+        paths = (await response.json())["paths"]
     assert "/api/v1/health/ready" in paths
     assert not [p for p in paths if p == "/metrics" or p.startswith("/api/v1/mqtt/")]

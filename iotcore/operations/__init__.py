@@ -1,0 +1,1 @@
+"""Operator tooling that talks to a deployment from outside (the smoke test)."""

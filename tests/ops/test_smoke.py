@@ -1,0 +1,77 @@
+"""`iotcore smoke` passes against the single node and, with a dependency stopped, fails
+naming the step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port, settings_env
+from tests.support.node import Node, single_node
+
+
+@pytest.fixture(scope="module")
+def node(database: str) -> Iterator[Node]:
+    with single_node(database) as running:
+        yield running
+
+
+def smoke(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iotcore.cli", "smoke", *args],
+        env=settings_env(node.settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_smoke_passes_against_the_single_node(node: Node) -> None:
+    result = smoke(node, "--api", node.api, "--broker", node.broker)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in (
+        "register",
+        "provision",
+        "claim",
+        "fetch-secret",
+        "publish-mqtt",
+        "publish-http",
+        "read-raw",
+        "read-latest",
+        "read-aggregate",
+    ):
+        assert f"ok    {name}" in result.stdout
+    assert "skip  purge-tenant" in result.stdout
+
+
+def test_smoke_names_the_mqtt_step_when_the_broker_is_unreachable(node: Node) -> None:
+    stopped_broker = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    result = smoke(node, "--api", node.api, "--broker", stopped_broker)
+    assert result.returncode == 1
+    assert "ok    fetch-secret" in result.stdout  # everything before the broker passed
+    assert "FAIL  publish-mqtt:" in result.stderr
+    assert "ok    publish-http" not in result.stdout
+
+
+def test_smoke_names_the_first_step_when_the_api_is_unreachable(node: Node) -> None:
+    result = smoke(node, "--api", f"http://127.0.0.1:{free_port()}", "--broker", node.broker)
+    assert result.returncode == 1
+    assert "FAIL  ready:" in result.stderr
+
+
+def test_smoke_fails_the_provision_step_with_a_wrong_factory_key(node: Node) -> None:
+    env = {**settings_env(node.settings), "IOTCORE_FACTORY_KEY": "not-the-factory-key-" * 2}
+    result = subprocess.run(
+        [sys.executable, "-m", "iotcore.cli", "smoke", "--api", node.api, "--broker", node.broker],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "FAIL  provision: POST /api/v1/factory/devices answered 401" in result.stderr
