@@ -5,6 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 bash "$REPO_ROOT/ops/services.sh"
+bash "$REPO_ROOT/ops/tools.sh"
 ensure_venv "dev"
 cd "$REPO_ROOT"
 
