@@ -19,6 +19,7 @@ from iotcore.platform.http import (
     add_request_id_header,
     observe_middleware,
 )
+from iotcore.platform.openapi import CONTRACT_VERSION
 from iotcore.platform.server import hide_server_banner
 from iotcore.telemetry import routes as telemetry_routes
 
@@ -67,5 +68,5 @@ def create_app(
         app.on_cleanup.append(close_platform)
     add_endpoints(app, endpoints)
     documented = endpoints if internal_port is None else listeners.public_endpoints(endpoints)
-    health.install_openapi(app, documented, package_version())
+    health.install_openapi(app, documented, CONTRACT_VERSION, package_version())
     return app

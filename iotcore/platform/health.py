@@ -211,8 +211,10 @@ def install(app: web.Application, platform: Platform) -> None:
     app[PROBE_KEY] = ReadinessProbe(platform)
 
 
-def install_openapi(app: web.Application, endpoints: list[Endpoint], version: str) -> None:
-    app[OPENAPI_KEY] = build_openapi(endpoints, version)
+def install_openapi(
+    app: web.Application, endpoints: list[Endpoint], version: str, implementation: str | None = None
+) -> None:
+    app[OPENAPI_KEY] = build_openapi(endpoints, version, implementation)
 
 
 def create_ops_app(platform: Platform) -> web.Application:

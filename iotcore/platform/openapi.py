@@ -158,7 +158,15 @@ def _operation(endpoint: Endpoint, refs: dict[str, Any]) -> dict[str, Any]:
     return operation
 
 
-def build_openapi(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
+# The contract's version (docs/versioning.md): the major is the path's /v1; the minor grows
+# with each addition (new endpoint, field, error code); the patch with clarifications. Every
+# change is in CHANGELOG.md under this number.
+CONTRACT_VERSION = "1.0.0"
+
+
+def build_openapi(
+    endpoints: list[Endpoint], version: str, implementation: str | None = None
+) -> dict[str, Any]:
     documented = [e for e in endpoints if e.in_schema]
     schemas = _schemas(documented)
     refs = schemas.pop("__refs__")
@@ -172,6 +180,7 @@ def build_openapi(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
             "title": "iotcore API",
             "version": version,
             "description": "Multi-tenant IoT telemetry backend: the v1 contract.",
+            **({"x-implementation-version": implementation} if implementation else {}),
         },
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
