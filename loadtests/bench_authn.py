@@ -31,7 +31,8 @@ def median(results: list[LoadResult]) -> LoadResult:
 
 async def main_async(args: argparse.Namespace) -> None:
     api_port, hello_port = free_port(), free_port()
-    api = start_api(api_port, IOT_DEVICE_CACHE_TTL_S="60")
+    # The hooks are on the internal listener: the same port as the API here, so one base URL.
+    api = start_api(api_port, IOT_DEVICE_CACHE_TTL_S="60", IOT_METRICS_PORT=str(api_port))
     hello = start_hello_world(hello_port)
     base = f"http://127.0.0.1:{api_port}"
     try:

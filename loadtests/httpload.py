@@ -128,6 +128,8 @@ def start_api(port: int, **env: str) -> subprocess.Popen[bytes]:
         "IOT_LOG_LEVEL": "WARNING",
         "IOT_REGISTER_MAX_PER_IP": "100000",
         "IOT_REDIS_PREFIX": f"bench:{uuid.uuid4().hex[:8]}:",
+        # The internal listener (/metrics, broker hooks) on a free port, not the shared 9100.
+        "IOT_METRICS_PORT": str(free_port()),
         **env,
     }
     full = dict(os.environ, **settings)
