@@ -71,20 +71,23 @@ def _device_key(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-# One entry per security scheme of the OpenAPI document: how to make a valid credential of
-# that kind from the context's `credentials`. A new kind (API keys, issue 13) is one line here
-# plus its value in the context; an operation offering several kinds uses each in turn.
-AUTH_BY_SCHEME: dict[str, Callable[[dict[str, Any]], requests.auth.AuthBase]] = {
-    "bearer": lambda c: BearerAuth(c["bearer"]),
-    "api_key": lambda c: BearerAuth(c["api_key"]),
-    "device_basic": lambda c: requests.auth.HTTPBasicAuth(*c["device_basic"]),
-    "factory_signature": lambda c: SignedRequestAuth(
-        "X-Key-Id", c["factory_signature"][0], c["factory_signature"][1].encode()
+# Every kind of credential: the security scheme of the OpenAPI document it answers, and how to
+# make it from its value in the context's `credentials`. A new kind is one line here plus its
+# value in the context; an operation whose schemes several kinds answer uses each in turn
+# (API keys travel as bearer tokens, like user access tokens).
+CREDENTIAL_KINDS: dict[str, tuple[str, Callable[[Any], requests.auth.AuthBase]]] = {
+    "user_jwt": ("bearer", BearerAuth),
+    "api_key": ("bearer", BearerAuth),
+    "device_basic": ("device_basic", lambda v: requests.auth.HTTPBasicAuth(*v)),
+    "factory_signature": (
+        "factory_signature",
+        lambda v: SignedRequestAuth("X-Key-Id", v[0], v[1].encode()),
     ),
-    "device_signature": lambda c: SignedRequestAuth(
-        "X-Device-Id", c["device_signature"][0], _device_key(c["device_signature"][1])
+    "device_signature": (
+        "device_signature",
+        lambda v: SignedRequestAuth("X-Device-Id", v[0], _device_key(v[1])),
     ),
-    "hook_token": lambda c: BearerAuth(c["hook_token"]),
+    "hook_token": ("hook_token", BearerAuth),
 }
 
 
@@ -104,24 +107,28 @@ def operation_key(operation: Any) -> str:
     return f"{operation.method.upper()} {operation.path}"
 
 
-def _schemes(operation: Any) -> list[str]:
-    """The security schemes the operation accepts that we hold a credential for."""
+def _kinds(operation: Any) -> list[str]:
+    """The kinds of credential we hold that answer one of the operation's security schemes."""
     held = context()["credentials"]
-    offered = [name for req in operation.definition.raw.get("security", []) for name in req]
-    return [name for name in offered if name in AUTH_BY_SCHEME and held.get(name)]
+    offered = {name for req in operation.definition.raw.get("security", []) for name in req}
+    return [
+        kind
+        for kind, (scheme, _) in CREDENTIAL_KINDS.items()
+        if scheme in offered and held.get(kind)
+    ]
 
 
 @schemathesis.hook
 def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    schemes = _schemes(case.operation)
-    if not schemes:
+    kinds = _kinds(case.operation)
+    if not kinds:
         return
     key = operation_key(case.operation)
-    turn = next(_turns.setdefault(key, itertools.count()))
-    scheme = schemes[turn % len(schemes)]
-    kwargs["auth"] = AUTH_BY_SCHEME[scheme](context()["credentials"])
-    with _lock:  # for the record: after_call sees the case, not the kwargs
-        _credential_of_case[id(case)] = scheme
+    with _lock:
+        turn = next(_turns.setdefault(key, itertools.count()))
+        kind = kinds[turn % len(kinds)]
+        _credential_of_case[id(case)] = kind  # for the record: after_call sees no kwargs
+    kwargs["auth"] = CREDENTIAL_KINDS[kind][1](context()["credentials"][kind])
 
 
 @schemathesis.hook

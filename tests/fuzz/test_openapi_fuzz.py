@@ -197,10 +197,32 @@ def _send_telemetry(api: Api, device_id: str, secret: str) -> None:
     assert status == 202, answer
 
 
-def arrange(api: Api, record: Path, document: dict[str, Any]) -> dict[str, Any]:
+def _user(api: Api, token: str, role: str) -> dict[str, Any]:
+    password = f"fuzz-{uuid.uuid4().hex}"
+    email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
+    user = api.json(
+        "POST", "/api/v1/users", {"email": email, "password": password, "role": role}, token
+    )
+    return {**user, "email": email, "password": password}
+
+
+def _api_key(api: Api, token: str, name: str) -> dict[str, Any]:
+    key: dict[str, Any] = api.json(
+        "POST", "/api/v1/api-keys", {"name": name, "role": "admin"}, token
+    )
+    return key
+
+
+def _pools(keep: list[str], spare: str) -> dict[str, list[str]]:
+    """Path ids by use: reads and writes see all; resets and deletions only the spare one."""
+    return {"read": [*keep, spare], "write": [*keep, spare], "destroy": [spare]}
+
+
+def arrange(api: Api, record: Path) -> dict[str, Any]:
     """Tenant A is the fuzzing user's: its devices carry telemetry and are the path ids.
     Tenant B holds the devices whose credentials the fuzz uses, out of A's reach, so that no
-    generated reset or rotation can revoke them mid-run."""
+    generated reset or rotation can revoke them mid-run. Refresh tokens come from a user of
+    A that no path id names, so that the owner's password changes do not revoke them."""
     owner = _register(api, "fuzz-owner")
     holder = _register(api, "fuzz-holder")
     token = owner["access_token"]
@@ -211,49 +233,45 @@ def arrange(api: Api, record: Path, document: dict[str, Any]) -> dict[str, Any]:
     basic_device, signing_device = _provision(api, 2)
     _claim(api, holder["access_token"], basic_device)
     _claim(api, holder["access_token"], signing_device)
-    basic_secret = _fetch_secret(api, basic_device)
-    viewer_email = f"viewer-{uuid.uuid4().hex[:8]}@example.com"
-    viewer = api.json(
-        "POST",
-        "/api/v1/users",
-        {"email": viewer_email, "password": f"fuzz-{uuid.uuid4().hex}", "role": "viewer"},
-        token,
-    )
-    # Separate families: refreshing or logging out one does not revoke the fuzzing session.
+    viewer, spare_user, sessions = (_user(api, token, r) for r in ("viewer", "viewer", "admin"))
+    # Separate families: refreshing or logging out one leaves the others alone.
     refresh_tokens = [
         api.json(
             "POST",
             "/api/v1/auth/login",
-            {"email": owner["email"], "password": owner["password"]},
+            {"email": sessions["email"], "password": sessions["password"]},
         )["refresh_token"]
         for _ in range(6)
     ]
-    credentials: dict[str, Any] = {
-        "bearer": token,
-        "device_basic": [basic_device["device_id"], basic_secret],
-        "factory_signature": [
-            api.settings.manufacturing_signing_key_id,
-            api.settings.manufacturing_key_ring[api.settings.manufacturing_signing_key_id],
-        ],
-        "device_signature": [signing_device["device_id"], signing_device["device_key"]],
-        "hook_token": api.settings.mqtt_hook_token.get_secret_value(),
-    }
-    if "/api/v1/api-keys" in document["paths"]:  # issue 13
-        credentials["api_key"] = api.json(
-            "POST", "/api/v1/api-keys", {"name": "fuzz", "role": "admin"}, token
-        )["key"]
-    ids = [d["device_id"] for d in mine[:4]]
+    auth_key, rotated_key, spare_key = (_api_key(api, token, n) for n in ("fuzz", "rot", "del"))
+    key_id = api.settings.manufacturing_signing_key_id
     point = {"ts": int(time.time() * 1000), "metrics": {"temp": 21.5, "door_open": False}}
+    ids = [d["device_id"] for d in mine[:4]]
     return {
         "record": str(record),
-        "credentials": credentials,
+        "credentials": {
+            "user_jwt": token,
+            "api_key": auth_key["key"],
+            "device_basic": [basic_device["device_id"], _fetch_secret(api, basic_device)],
+            "factory_signature": [key_id, api.settings.manufacturing_key_ring[key_id]],
+            "device_signature": [signing_device["device_id"], signing_device["device_key"]],
+            "hook_token": api.settings.mqtt_hook_token.get_secret_value(),
+        },
         "path_pools": {
-            # Resets and deletions take the last device only, so the others stay claimed.
-            "device_id": {"read": ids, "write": ids, "destroy": ids[3:]},
-            "user_id": {"read": [viewer["user_id"]], "write": [], "destroy": []},
+            "device_id": _pools(ids[:3], ids[3]),
+            "user_id": _pools([viewer["user_id"]], spare_user["user_id"]),
+            "api_key_id": {
+                "read": [auth_key["api_key_id"], rotated_key["api_key_id"]],
+                "write": [rotated_key["api_key_id"]],
+                "destroy": [spare_key["api_key_id"]],
+            },
         },
         "body_seeds": {
             "POST /api/v1/auth/login": [{"email": owner["email"], "password": owner["password"]}],
+            # The same password again: the login seed stays valid.
+            "POST /api/v1/auth/password": [
+                {"current_password": owner["password"], "new_password": owner["password"]}
+            ],
             "POST /api/v1/auth/refresh": [{"refresh_token": t} for t in refresh_tokens[:3]],
             "POST /api/v1/auth/logout": [{"refresh_token": t} for t in refresh_tokens[3:]],
             "POST /api/v1/devices/claim": [
@@ -290,7 +308,7 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(
 ) -> None:
     _, document = live_api.call("GET", "/api/v1/openapi.json")
     record = tmp_path / "calls.jsonl"
-    context = arrange(live_api, record, document)
+    context = arrange(live_api, record)
     (tmp_path / "context.json").write_text(json.dumps(context))
     binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
