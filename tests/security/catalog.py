@@ -308,34 +308,77 @@ async def schemas_service_can_create_in(conn: Any, service_role: str) -> list[st
     return [r[0] for r in rows]
 
 
-async def base_telemetry_relations(conn: Any, table: str = "telemetry") -> list[Any]:
-    """The telemetry table, every partition or chunk under it (pg_inherits, at any depth),
-    and every relation in TimescaleDB's internal schemas (chunks, compressed chunks,
-    materialisation hypertables and their chunks, the catalog): (oid, name)."""
+async def base_telemetry_relations(conn: Any) -> list[Any]:
+    """Every relation holding telemetry or data derived from it, and TimescaleDB's internals:
+    each tenant relation without forced row-level security (the telemetry table, rollups,
+    materialisations) but the write-only sinks, every partition or chunk under one (pg_inherits,
+    at any depth), and every relation in TimescaleDB's schemas (chunks, compressed chunks,
+    materialisation hypertables, the catalog): (oid, name, metadata, public_select).
+    `metadata`: a TimescaleDB relation without a tenant_id column (its catalog, caches and
+    statistics views); `public_select`: PUBLIC may SELECT it (TimescaleDB's own grant)."""
     return list(
         await conn.fetch(
-            """
+            f"""
             WITH RECURSIVE tree(oid) AS (
-                SELECT to_regclass($1)::oid WHERE to_regclass($1) IS NOT NULL
+                SELECT c.oid FROM pg_class c
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'
+                                    AND NOT a.attisdropped
+                WHERE c.relkind::text = ANY($1::text[]) AND {_USER_SCHEMAS}
+                  AND NOT (c.relrowsecurity AND c.relforcerowsecurity)
+                  AND c.oid::regclass::text <> ALL($3::text[])
                 UNION
                 SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid
             )
-            SELECT c.oid, c.oid::regclass::text AS name FROM pg_class c
+            SELECT c.oid, c.oid::regclass::text AS name,
+                   n.nspname = ANY($2::text[]) AND NOT EXISTS (
+                       SELECT 1 FROM pg_attribute a
+                       WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'
+                         AND NOT a.attisdropped
+                   ) AS metadata,
+                   EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault('r', c.relowner)))
+                           WHERE grantee = 0 AND privilege_type = 'SELECT') AS public_select
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.oid IN (SELECT oid FROM tree)
-               OR (c.relnamespace::regnamespace::text = ANY($2::text[])
-                   AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))
+               OR (n.nspname = ANY($2::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))
             ORDER BY 2
             """,
-            table,
+            DATA_RELKINDS,
             TIMESCALEDB_SCHEMAS,
+            list(WRITE_ONLY_SINKS),
         )
     )
 
 
 async def base_telemetry_privileges(conn: Any, service_role: str) -> list[str]:
+    """Privileges of the service on base telemetry. The one exception: TimescaleDB grants
+    SELECT on its own metadata to PUBLIC (chunk time ranges, job settings, sizes: no tenant's
+    rows), which the service holds as everyone does; a grant naming the service is flagged."""
     found = []
     for rel in await base_telemetry_relations(conn):
         privileges = await relation_privileges(conn, service_role, rel["oid"])
+        if (
+            rel["metadata"]
+            and rel["public_select"]
+            and privileges == ["SELECT"]
+            and not await _granted_to_service(conn, service_role, rel["oid"])
+        ):
+            continue
         if privileges:
             found.append(f"{rel['name']}: {privileges}")
     return found
+
+
+async def _granted_to_service(conn: Any, service_role: str, relation_oid: int) -> bool:
+    granted: bool = await conn.fetchval(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) g
+            WHERE c.oid = $2::oid AND g.grantee <> 0 AND pg_has_role($1, g.grantee, 'USAGE')
+        )
+        """,
+        service_role,
+        relation_oid,
+    )
+    return granted
