@@ -8,8 +8,8 @@ device holding a secret, one with a signature key, refresh tokens, claimable ser
 reads back the record of every call to prove each operation was reached with credentials
 that were accepted.
 
-IOT_FUZZ_EXAMPLES (cases per operation), IOT_FUZZ_SEED (explore other cases than CI's fixed
-ones) and IOT_FUZZ_ALLOW_X00 tune a run; the defaults take about two minutes.
+IOT_FUZZ_EXAMPLES (cases per operation) and IOT_FUZZ_SEED (explore other cases than CI's
+fixed ones) tune a run; the defaults take about two minutes.
 """
 
 from __future__ import annotations
@@ -334,10 +334,6 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(
         "--request-timeout",
         "10",
         "--no-color",
-        # NUL characters in strings still give 500s (issue 10, item 8: being fixed); allow
-        # them again once that lands.
-        "--generation-allow-x00",
-        os.environ.get("IOT_FUZZ_ALLOW_X00", "false"),
     ]
     env = {
         **os.environ,
