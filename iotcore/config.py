@@ -131,13 +131,36 @@ class Settings(BaseSettings):
     telemetry_max_future_s: int = Field(default=300, ge=0)
     telemetry_max_range_days: int = Field(default=400, ge=1)
     rate_limit_fail_open: bool = True
-    rate_limit_device_per_s: float = Field(default=10, gt=0)
-    rate_limit_device_burst: float = Field(default=50, ge=1)
-    rate_limit_tenant_per_s: float = Field(default=2000, gt=0)
-    rate_limit_tenant_burst: float = Field(default=5000, ge=1)
+    # Telemetry rate limits count readings (rows: one metric of one point), not requests.
+    rate_limit_device_per_s: float = Field(
+        default=100, gt=0, description="Readings per second a device may post over HTTP"
+    )
+    rate_limit_device_burst: float = Field(
+        default=1000, ge=1, description="Readings a device may post at once"
+    )
+    rate_limit_tenant_per_s: float = Field(
+        default=20_000, gt=0, description="Readings per second a tenant's devices may post"
+    )
+    rate_limit_tenant_burst: float = Field(
+        default=50_000, ge=1, description="Readings a tenant's devices may post at once"
+    )
+    rate_limit_request_floor: int = Field(
+        default=5,
+        ge=1,
+        description="Readings every telemetry request is charged at least (one with fewer "
+        "still costs the server a request)",
+    )
     writer_batch_rows: int = Field(default=5000, ge=1)
     writer_batch_age_ms: int = Field(default=0, ge=0)
-    writer_queue_rows: int = Field(default=100_000, ge=1)
+    writer_queue_rows: int = Field(
+        default=100_000, ge=1, description="Rows the writer holds queued before refusing (503)"
+    )
+    writer_tenant_queue_rows: int = Field(
+        default=20_000,
+        ge=1,
+        description="Rows one tenant may hold in the write queue; over it that tenant alone "
+        "gets 503 (HTTP) or waits (MQTT), and the queue is drained round-robin by tenant",
+    )
     http_write_timeout_s: float = Field(default=10, gt=0)
     reject_retention_days: int = Field(default=7, ge=1)
     partitions_ahead_days: int = Field(default=7, ge=1)

@@ -59,9 +59,9 @@ SELECT
     ) AS newest
 
 -- name: insert_rejects
-INSERT INTO ingest_rejects (tenant_id, device_id, topic, reason, excerpt, received_at)
+INSERT INTO ingest_rejects (tenant_id, device_id, topic, reason, excerpt, received_at, sqlstate)
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[])
+                     $6::timestamptz[], $7::text[])
 
 -- name: ensure_partitions
 SELECT telemetry_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 1, $1)

@@ -36,7 +36,8 @@ from iotcore.config import Settings
 from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.telemetry.service import TelemetryIngest
-from iotcore.telemetry.writer import TRANSIENT, Submission, TelemetryWriter, WriteResult
+from iotcore.telemetry.store import Outcome, Submission, WriteResult, is_transient
+from iotcore.telemetry.writer import TelemetryWriter
 
 log = logging.getLogger("iotcore.ingest")
 TOPIC = "tenants/+/devices/+/telemetry"
@@ -253,15 +254,23 @@ class Consumer:
                     submission = await self._submission(topic, payload)
                 submissions.append(submission)
             future = await self._ingest.writer.submit_many(submissions)
-            mids = [m.mid for m in messages if m.qos == 1]
-            if mids:
+            acks = [(m.mid, index) for index, m in enumerate(messages) if m.qos == 1]
+            if acks:
 
-                def ack(done: asyncio.Future[WriteResult], mids: list[int] = mids) -> None:
-                    # Only after the commit. A refused batch is acked too: it is recorded
-                    # as rejects, and redelivering it would fail the same way forever.
-                    if not done.cancelled():
-                        done.exception()
+                def ack(
+                    done: asyncio.Future[list[Outcome]], acks: list[tuple[int, int]] = acks
+                ) -> None:
+                    # Only after the commit, and only a message whose readings are stored or
+                    # recorded as rejected (a refusal too: redelivering it would fail the
+                    # same way forever). One neither stays unacked, for redelivery.
+                    if done.cancelled():
+                        return
+                    outcomes = done.result()
+                    mids = [mid for mid, i in acks if isinstance(outcomes[i], WriteResult)]
+                    if mids:
                         ack_all(paho, mids)
+                    if len(mids) < len(acks):
+                        log.error("messages neither stored nor recorded; not acked")
 
                 future.add_done_callback(ack)
             await asyncio.sleep(0)  # let paho, the writer and the timers run between slices
@@ -273,7 +282,9 @@ class Consumer:
         while True:
             try:
                 return await self._ingest.from_mqtt(topic, payload)
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("device check failed; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)

@@ -85,6 +85,17 @@ class ValidationFailed(ApiError):
         return cls(details=[{"field": field, "problem": problem}])
 
 
+class StorageRefused(ApiError):
+    """The database refused the readings for a reason a retry will not fix (a constraint, a
+    permission): they are recorded as rejected (`storage_refused`), and not worth resending."""
+
+    status, code = 422, "storage_refused"
+    message = "The database refused these readings; they were recorded as rejected."
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(details=[{"field": "body", "problem": f"SQLSTATE {sqlstate}"}])
+
+
 class RateLimited(ApiError):
     status, code, message = 429, "rate_limited", "Too many requests; retry later."
 

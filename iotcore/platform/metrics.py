@@ -30,6 +30,11 @@ WRITER_COMMIT_SECONDS = Histogram(
     "Time to insert and commit one batch",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+WRITER_REFUSED = Counter(
+    "iotcore_writer_refused_total",
+    "Submissions the database refused for good (recorded as storage_refused rejects)",
+    ["sqlstate"],
+)
 WRITER_QUEUE_DEPTH = Gauge("iotcore_writer_queue_depth", "Points waiting for the batch writer")
 INGEST_LAG = Histogram(
     "iotcore_ingest_lag_seconds",

@@ -11,12 +11,18 @@ from aiohttp import web
 from iotcore.devices.registry import DeviceIdentity
 from iotcore.devices.routes import DEVICE_REGISTRY_KEY
 from iotcore.platform.context import PLATFORM_KEY
-from iotcore.platform.errors import Unauthenticated, Unavailable, UnsupportedMediaType
+from iotcore.platform.errors import (
+    StorageRefused,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from iotcore.platform.http import Endpoint, ascii_header, json_response, read_body
 from iotcore.telemetry import read_routes
 from iotcore.telemetry.schemas import TelemetryAccepted, TelemetryBody
 from iotcore.telemetry.service import TELEMETRY_INGEST_KEY, TelemetryIngest
-from iotcore.telemetry.writer import StorageRefused, TelemetryWriter
+from iotcore.telemetry.store import NotRecorded
+from iotcore.telemetry.writer import TelemetryWriter
 
 
 async def _device(request: web.Request, ingest: TelemetryIngest) -> DeviceIdentity:
@@ -39,13 +45,17 @@ async def post_telemetry(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise UnsupportedMediaType()
     raw = await read_body(request)
-    await ingest.check_rate(identity)
-    future = ingest.writer.submit_nowait(ingest.from_http(identity, raw))
+    future = ingest.writer.submit_nowait(await ingest.accept_http(identity, raw))
     timeout = request.app[PLATFORM_KEY].settings.http_write_timeout_s
     try:
-        result = await asyncio.wait_for(asyncio.shield(future), timeout)
-    except (TimeoutError, StorageRefused) as exc:
+        (result,) = await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError as exc:  # the database is away (the writer retries): so may you
         raise Unavailable("The readings could not be stored in time; retry.") from exc
+    if isinstance(result, NotRecorded):
+        raise result  # a 500 with the envelope: neither stored nor recorded
+    if result.refused is not None:
+        # Recorded as rejected; sending the same readings again would be refused again.
+        raise StorageRefused(result.refused)
     return json_response(
         TelemetryAccepted(
             accepted=result.accepted,
@@ -66,7 +76,7 @@ ENDPOINTS: list[Endpoint] = [
         "telemetry",
         documented_body=TelemetryBody,
         responses={202: TelemetryAccepted},
-        errors=(401, 403, 429, 503),
+        errors=(401, 403, 422, 429, 503),
         security=("device_basic",),
     ),
     *read_routes.ENDPOINTS,

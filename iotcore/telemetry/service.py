@@ -4,6 +4,7 @@ checks, the payload rules, and the rejects."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -23,7 +24,8 @@ from iotcore.platform.errors import (
 from iotcore.platform.metrics import INGEST_REJECTS, RATE_LIMITED
 from iotcore.platform.ratelimit import Bucket, TokenBuckets
 from iotcore.telemetry.payload import PayloadParser, PayloadRejected
-from iotcore.telemetry.writer import Reject, Submission, TelemetryWriter
+from iotcore.telemetry.store import Reject, Submission
+from iotcore.telemetry.writer import TelemetryWriter
 
 EXCERPT_BYTES = 256
 TOPIC_CACHE_SIZE = 100_000
@@ -60,6 +62,7 @@ class TelemetryIngest:
         self._fail_open = settings.rate_limit_fail_open
         self._device_rate = (settings.rate_limit_device_per_s, settings.rate_limit_device_burst)
         self._tenant_rate = (settings.rate_limit_tenant_per_s, settings.rate_limit_tenant_burst)
+        self._floor = settings.rate_limit_request_floor
 
     # ------------------------------------------------------------------ MQTT
 
@@ -141,7 +144,7 @@ class TelemetryIngest:
             Reject(reason, detail, identity.tenant_id, device_id, topic, excerpt(payload))
             for reason, detail in parsed.rejects
         ]
-        return Submission("mqtt", identity.tenant_id, device_id, parsed.points, rejects)
+        return Submission("mqtt", identity.tenant_id, device_id, parsed.points, rejects, topic)
 
     def _rejected(
         self,
@@ -153,11 +156,23 @@ class TelemetryIngest:
         payload: bytes,
     ) -> Submission:
         reject = Reject(reason, detail, tenant_id, device_id, topic, excerpt(payload))
-        return Submission("mqtt", None, None, [], [reject])
+        return Submission("mqtt", None, None, [], [reject], topic)
 
     # ------------------------------------------------------------------ HTTP
 
-    async def check_rate(self, identity: DeviceIdentity) -> None:
+    async def accept_http(self, identity: DeviceIdentity, raw: bytes) -> Submission:
+        """The submission for an HTTP body, charged to the device's and the tenant's rate
+        limits by its readings (at least the per-request floor, refused bodies included);
+        whole-body problems are errors for the caller, recorded as rejects."""
+        parsed = self._parse_http(identity, raw)
+        await self.check_rate(identity, parsed.rows if isinstance(parsed, Submission) else 0)
+        if isinstance(parsed, Submission):
+            return parsed
+        for reject in parsed.rejects:
+            self._record(reject)
+        raise parsed.error
+
+    async def check_rate(self, identity: DeviceIdentity, readings: int) -> None:
         redis = self._platform.redis
         buckets = [
             Bucket(
@@ -166,8 +181,10 @@ class TelemetryIngest:
             ),
             Bucket(redis.key("tb", "tenant", str(identity.tenant_id)), *self._tenant_rate),
         ]
+        # More than a bucket can ever hold is charged a full bucket, so that it can pass.
+        cost = min(max(self._floor, readings), *(b.burst for b in buckets))
         try:
-            wait = await self._buckets.take(buckets, int(time.time() * 1000))
+            wait = await self._buckets.take(buckets, int(time.time() * 1000), cost)
         except Exception as exc:  # Redis unreachable: the configured failure mode decides
             if self._fail_open:
                 return
@@ -176,55 +193,40 @@ class TelemetryIngest:
             RATE_LIMITED.labels("telemetry").inc()
             raise RateLimited(int(wait) + 1)
 
-    def from_http(self, identity: DeviceIdentity, raw: bytes) -> Submission:
-        """The submission for an HTTP body; whole-body problems are errors for the caller."""
+    def _parse_http(self, identity: DeviceIdentity, raw: bytes) -> Submission | _Refused:
         assert identity.tenant_id is not None
+        tenant_id, device_id = identity.tenant_id, identity.device_id
         try:
             parsed = self._parser.parse(raw, datetime.now(UTC))
         except PayloadRejected as exc:
-            self._record(
-                Reject(
-                    exc.reason,
-                    exc.message,
-                    identity.tenant_id,
-                    identity.device_id,
-                    None,
-                    excerpt(raw),
-                )
-            )
             error: ApiError = (
                 MalformedJson()
                 if exc.reason == "malformed_json"
                 else ValidationFailed(details=[{"field": "body", "problem": exc.message}])
             )
-            raise error from exc
-        if parsed.tenant_id is not None and parsed.tenant_id != str(identity.tenant_id):
-            self._record(
-                Reject(
-                    "tenant_mismatch",
-                    "body tenant_id is not the device's",
-                    identity.tenant_id,
-                    identity.device_id,
-                    None,
-                    excerpt(raw),
-                )
+            reject = Reject(exc.reason, exc.message, tenant_id, device_id, None, excerpt(raw))
+            return _Refused(error, [reject])
+        if parsed.tenant_id is not None and parsed.tenant_id != str(tenant_id):
+            reject = Reject(
+                "tenant_mismatch",
+                "body tenant_id is not the device's",
+                tenant_id,
+                device_id,
+                None,
+                excerpt(raw),
             )
-            raise Forbidden("tenant_id is not this device's tenant.", code="tenant_mismatch")
-        if not parsed.points:
-            for reason, detail in parsed.rejects:
-                self._record(
-                    Reject(
-                        reason, detail, identity.tenant_id, identity.device_id, None, excerpt(raw)
-                    )
-                )
-            raise ValidationFailed(
-                details=[{"field": "body", "problem": detail} for _, detail in parsed.rejects]
-            )
+            error = Forbidden("tenant_id is not this device's tenant.", code="tenant_mismatch")
+            return _Refused(error, [reject])
         rejects = [
-            Reject(reason, detail, identity.tenant_id, identity.device_id, None, excerpt(raw))
+            Reject(reason, detail, tenant_id, device_id, None, excerpt(raw))
             for reason, detail in parsed.rejects
         ]
-        return Submission("http", identity.tenant_id, identity.device_id, parsed.points, rejects)
+        if not parsed.points:
+            error = ValidationFailed(
+                details=[{"field": "body", "problem": detail} for _, detail in parsed.rejects]
+            )
+            return _Refused(error, rejects)
+        return Submission("http", tenant_id, device_id, parsed.points, rejects)
 
     def _record(self, reject: Reject) -> None:
         """Queue a reject for the table without waiting; under overload it is only counted."""
@@ -232,6 +234,14 @@ class TelemetryIngest:
             self.writer.submit_nowait(Submission("http", None, None, [], [reject]))
         except Overloaded:
             INGEST_REJECTS.labels(reject.reason).inc()
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """An HTTP body refused whole: the error to answer and the rejects to record."""
+
+    error: ApiError
+    rejects: list[Reject]
 
 
 TELEMETRY_INGEST_KEY = web.AppKey("telemetry_ingest", TelemetryIngest)

@@ -173,7 +173,9 @@ async def app_with(database: str) -> AsyncIterator[Callable[..., Awaitable[Clien
 
 
 async def test_rate_limit_429_with_retry_after_then_accepted(app_with: Any) -> None:
-    client = await app_with(rate_limit_device_per_s=1, rate_limit_device_burst=3)
+    client = await app_with(
+        rate_limit_device_per_s=1, rate_limit_device_burst=3, rate_limit_request_floor=1
+    )
     owner = await register(client)
     device = await claimed_device(client, client.settings, owner)
     statuses = [
@@ -186,6 +188,39 @@ async def test_rate_limit_429_with_retry_after_then_accepted(app_with: Any) -> N
     assert int(limited.headers["Retry-After"]) >= 1
     await asyncio.sleep(1.2)
     assert (await post_telemetry(client, device, {"metrics": {"a": 10}})).status == 202
+
+
+async def test_rate_limits_charge_each_reading_with_a_floor_per_request(app_with: Any) -> None:
+    """1,000 points x 100 metrics used to cost one token: now every reading counts, and a
+    request carrying fewer than the floor still costs the floor."""
+    client = await app_with(
+        rate_limit_device_per_s=0.001, rate_limit_device_burst=20, rate_limit_request_floor=4
+    )
+    owner = await register(client)
+    device = await claimed_device(client, client.settings, owner)
+
+    def body(readings: int) -> dict[str, Any]:
+        return {"ts": NOW_MS(), "metrics": {f"m{i}": i for i in range(readings)}}
+
+    assert (await post_telemetry(client, device, body(12))).status == 202  # 20 - 12 = 8 left
+    assert (await post_telemetry(client, device, body(9))).status == 429  # 9 > 8
+    assert (await post_telemetry(client, device, body(1))).status == 202  # the floor: 4 left
+    assert (await post_telemetry(client, device, body(1))).status == 202  # 0 left
+    assert (await post_telemetry(client, device, body(1))).status == 429
+
+
+async def test_tenant_rate_limit_counts_readings_across_devices(app_with: Any) -> None:
+    client = await app_with(
+        rate_limit_tenant_per_s=0.001, rate_limit_tenant_burst=30, rate_limit_request_floor=1
+    )
+    owner = await register(client)
+    first = await claimed_device(client, client.settings, owner)
+    second = await claimed_device(client, client.settings, owner)
+    metrics = {"ts": NOW_MS(), "metrics": {f"m{i}": i for i in range(20)}}
+    assert (await post_telemetry(client, first, metrics)).status == 202
+    limited = await post_telemetry(client, second, metrics)
+    assert limited.status == 429
+    assert (await limited.json())["error"]["code"] == "rate_limited"
 
 
 async def _device_on_dead_redis(app_with: Any, fail_open: bool) -> tuple[Client, Any]:

@@ -1,0 +1,86 @@
+"""The writer's side of the telemetry cache in Redis (keys and lifetimes in derived.py, which
+the read side shares): after each commit, the latest value of each metric of a (tenant,
+device) (a hash), and the live stream of each tenant (one entry per tenant and batch). Best
+effort: the data is committed already, and the read API falls back to the database when
+the cache is missing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from iotcore.platform.redis import Redis
+from iotcore.telemetry.derived import LATEST_TTL_S, LIVE_TTL_S, LIVE_WINDOW_MS, latest_key, live_key
+from iotcore.telemetry.store import Submission
+
+log = logging.getLogger("iotcore.telemetry.cache")
+
+# Keep the newest value per metric, for many devices in one call: KEYS = one hash per
+# (tenant, device); ARGV = the hashes' TTL, then for each key a count n, then n times
+# (metric, ts_ms, value_json).
+_LATEST = """
+local a = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n do
+    local old = redis.call('HGET', KEYS[k], ARGV[a])
+    if (not old) or tonumber(cjson.decode(old)[1]) < tonumber(ARGV[a + 1]) then
+      redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 2])
+    end
+    a = a + 3
+  end
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
+end
+return 0
+"""
+
+
+class TelemetryCache:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._latest = redis.client.register_script(_LATEST)
+
+    async def after_commit(self, batch: list[Submission], newest: list[list[Any]]) -> None:
+        """Latest values and live stream: a few Redis commands per batch, not per message."""
+        redis = self._redis
+        try:
+            pipe = redis.client.pipeline(transaction=False)
+            min_id = f"{int(time.time() * 1000) - LIVE_WINDOW_MS}"
+            live: dict[UUID, list[dict[str, Any]]] = defaultdict(list)
+            names: dict[UUID, str] = {}
+            for submission in batch:
+                tenant_id, device_id = submission.tenant_id, submission.device_id
+                if tenant_id is None or device_id is None or not submission.points:
+                    continue
+                name = names.get(device_id)
+                if name is None:
+                    name = names[device_id] = str(device_id)
+                points = live[tenant_id]
+                for point in submission.points:
+                    ts_ms = int(point.ts.timestamp() * 1000)
+                    points.append({"device_id": name, "ts": ts_ms, "metrics": point.metrics})
+            for tenant_id, points in live.items():
+                # One entry per tenant and batch; the stream turns it into one event a point.
+                key = live_key(redis, tenant_id)
+                pipe.xadd(key, {"b": orjson.dumps(points)}, minid=min_id, approximate=True)
+                pipe.expire(key, LIVE_TTL_S)
+            if newest:
+                by_device: dict[tuple[str, str], list[list[Any]]] = defaultdict(list)
+                for row in newest:
+                    by_device[row[0], row[1]].append(row)
+                keys = [latest_key(redis, *tenant_device) for tenant_device in by_device]
+                args: list[str | bytes | int] = [LATEST_TTL_S]
+                for rows in by_device.values():
+                    args.append(len(rows))
+                    for _, _, metric, ts_ms, value in rows:
+                        args.extend((metric, ts_ms, orjson.dumps([ts_ms, value])))
+                await self._latest(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+        except Exception:
+            log.warning("post-commit cache update failed", exc_info=True)

@@ -1,0 +1,1 @@
+ALTER TABLE ingest_rejects DROP COLUMN IF EXISTS sqlstate;
