@@ -68,17 +68,20 @@ while a <= #ARGV do
     local v = redis.call('HMGET', KEYS[k + i], 't', 'ts')
     local tokens = tonumber(v[1]) or burst
     local ts = tonumber(v[2]) or now
-    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+    -- A call may carry an older clock than the last one (coalesced flushes race on
+    -- different connections; replicas' clocks differ): no time passed, none taken back.
+    tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+    ts = math.max(ts, now)
     if tokens < cost then
       wait = math.max(wait, math.ceil((cost - tokens) * 1000 / rate))
     end
-    state[i] = tokens
+    state[i] = {tokens, ts}
   end
   if wait == 0 then
     for i = 0, n - 1 do
       local rate = tonumber(ARGV[a + 2 * i])
       local burst = tonumber(ARGV[a + 2 * i + 1])
-      redis.call('HSET', KEYS[k + i], 't', state[i] - cost, 'ts', now)
+      redis.call('HSET', KEYS[k + i], 't', state[i][1] - cost, 'ts', state[i][2])
       redis.call('PEXPIRE', KEYS[k + i], math.ceil(burst * 1000 / rate) + 1000)
     end
   end
