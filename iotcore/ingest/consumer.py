@@ -239,10 +239,27 @@ class Consumer:
         return client
 
     async def _consume(self, client: aiomqtt.Client, inbox: Inbox) -> None:
+        # A persistent session's backlog arrives right after CONNACK, ahead of the SUBACK:
+        # it is handed off while the subscription is confirmed, or a full inbox would stop
+        # reading before the SUBACK and the subscribe would time out, again on every retry.
+        handing_off = asyncio.create_task(self._hand_off(client, inbox))
+        try:
+            subscribing = asyncio.ensure_future(
+                client.subscribe(subscription(self._settings), qos=1)
+            )
+            await asyncio.wait((handing_off, subscribing), return_when=asyncio.FIRST_COMPLETED)
+            if handing_off.done():
+                subscribing.cancel()
+                handing_off.result()  # raises: disconnected
+            await subscribing
+            self.connected = True
+            log.info("ingest subscribed", extra={"topic": subscription(self._settings)})
+            await handing_off
+        finally:
+            handing_off.cancel()
+
+    async def _hand_off(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         paho = client._client
-        await client.subscribe(subscription(self._settings), qos=1)
-        self.connected = True
-        log.info("ingest subscribed", extra={"topic": subscription(self._settings)})
         while True:
             messages = await inbox.take(client._disconnected)
             received = datetime.now(UTC)

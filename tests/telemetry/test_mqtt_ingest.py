@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -157,46 +156,6 @@ async def _device(client: Client, settings: Settings) -> DeviceCredentials:
 
 
 @pytest.mark.slow
-async def test_kill_9_mid_stream_loses_nothing_and_stores_once(
-    client: Client, settings: Settings, owner_conn: Any
-) -> None:
-    device = await _device(client, settings)
-    ingest = consumer_settings(settings, mqtt_shared_subscription=False)
-    consumer = start_iotcore(ingest, "ingest")
-    try:
-        await wait_ready(ingest.metrics_port)
-        killed = asyncio.Event()
-
-        async def kill_midway(index: int) -> None:
-            if index == 8000 and not killed.is_set():
-                killed.set()
-                os.kill(consumer.pid, signal.SIGKILL)
-
-        total = 20_000
-        await publish(
-            settings,
-            device.telemetry_topic,
-            readings(total, int(time.time() * 1000) - 3_600_000),
-            on_progress=kill_midway,
-        )
-        assert killed.is_set()
-        consumer.wait(5)
-        stored_at_kill = await count_rows(owner_conn, device.device_id)
-        assert stored_at_kill < 2 * total
-        consumer = start_iotcore(ingest, "ingest")
-        stored = await wait_rows(owner_conn, device.device_id, 2 * total, 120)
-        assert stored == 2 * total, read_log(consumer)
-        distinct = await owner_conn.fetchval(
-            "SELECT count(DISTINCT (metric, ts)) FROM telemetry WHERE device_id = $1",
-            device.device_id,
-        )
-        assert distinct == 2 * total
-    finally:
-        consumer.kill()
-        consumer.wait(5)
-
-
-@pytest.mark.slow
 async def test_postgres_outage_mid_stream_recovers_without_loss(
     client: Client, settings: Settings, owner_conn: Any, database: str
 ) -> None:
@@ -224,29 +183,6 @@ async def test_postgres_outage_mid_stream_recovers_without_loss(
         consumer.kill()
         consumer.wait(5)
         await proxy.close()
-
-
-@pytest.mark.slow
-async def test_two_consumers_in_one_share_group_store_everything_once(
-    client: Client, settings: Settings, owner_conn: Any
-) -> None:
-    device = await _device(client, settings)
-    group = f"g{time.time_ns()}"
-    first = consumer_settings(settings, mqtt_share_group=group)
-    second = consumer_settings(settings, mqtt_share_group=group)
-    consumers = [start_iotcore(first, "ingest"), start_iotcore(second, "ingest")]
-    try:
-        await wait_ready(first.metrics_port)
-        await wait_ready(second.metrics_port)
-        total = 5000
-        await publish(
-            settings, device.telemetry_topic, readings(total, int(time.time() * 1000) - 10_800_000)
-        )
-        assert await wait_rows(owner_conn, device.device_id, 2 * total, 60) == 2 * total
-    finally:
-        for consumer in consumers:
-            consumer.kill()
-            consumer.wait(5)
 
 
 def _counter(outcome: str) -> float:
