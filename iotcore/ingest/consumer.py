@@ -8,6 +8,14 @@ everything that arrived since its last turn in one call. aiomqtt does not expose
 acknowledgements either, so the consumer switches them on in paho and, once the writer has
 committed a hand-off, queues all of its PUBACKs as one write.
 
+Private parts of aiomqtt and paho are used on purpose, with both pinned to exact versions
+(pyproject.toml) behind tests/telemetry/test_consumer_internals.py: aiomqtt's paho client,
+event loop and disconnect future (to read through our gate), paho's socket (a buffered
+wrapper: one kernel read for many packets) and its packet queue (all the PUBACKs of a
+hand-off as one write). paho's public external-loop API would give the gate, but neither
+the buffered reads nor the single write of many acks (`ack()` sends one packet per call),
+which are what keep one consumer above 10,000 msg/s on two cores (loadtests/RESULTS.md).
+
 When Postgres is down (or the load is more than it can take) the writer holds its batch,
 its queue fills, the consumer stops handing off, the inbox fills, the consumer stops
 reading the socket (IOT_INGEST_RECEIVE_MAXIMUM messages, also the MQTT 5 Receive Maximum),
