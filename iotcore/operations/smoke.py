@@ -21,7 +21,7 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,7 +131,7 @@ def _tls_context(run: SmokeRun) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=run.ca_file)
 
 
-async def _publish_mqtt(run: SmokeRun) -> None:
+async def _publish_mqtt(run: SmokeRun, session: aiohttp.ClientSession) -> None:
     credentials = run.state["credentials"]
     url = urlsplit(run.broker)
     tls = _tls_context(run)
@@ -201,29 +201,32 @@ async def _read_aggregate(run: SmokeRun, session: aiohttp.ClientSession) -> None
         raise StepFailed(f"aggregate count is not 1: {aggregate['items']}")
 
 
+async def _ready(run: SmokeRun, session: aiohttp.ClientSession) -> None:
+    await _expect(await session.get("/api/v1/health/ready"), 200)
+
+
+Step = Callable[[SmokeRun, aiohttp.ClientSession], Awaitable[None]]
+# The critical path, in order; each name is what a failure reports.
+STEPS: list[tuple[str, Step]] = [
+    ("ready", _ready),
+    ("register", _register),
+    ("provision", _provision),
+    ("claim", _claim),
+    ("fetch-secret", _fetch_secret),
+    ("publish-mqtt", _publish_mqtt),
+    ("publish-http", _publish_http),
+    ("read-raw", _read_raw),
+    ("read-latest", _read_latest),
+    ("read-aggregate", _read_aggregate),
+]
+
+
 async def run_smoke(run: SmokeRun) -> None:
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(run.api.rstrip("/"), timeout=timeout) as session:
-        async with step(run, "ready"):
-            await _expect(await session.get("/api/v1/health/ready"), 200)
-        async with step(run, "register"):
-            await _register(run, session)
-        async with step(run, "provision"):
-            await _provision(run, session)
-        async with step(run, "claim"):
-            await _claim(run, session)
-        async with step(run, "fetch-secret"):
-            await _fetch_secret(run, session)
-        async with step(run, "publish-mqtt"):
-            await _publish_mqtt(run)
-        async with step(run, "publish-http"):
-            await _publish_http(run, session)
-        async with step(run, "read-raw"):
-            await _read_raw(run, session)
-        async with step(run, "read-latest"):
-            await _read_latest(run, session)
-        async with step(run, "read-aggregate"):
-            await _read_aggregate(run, session)
+        for name, action in STEPS:
+            async with step(run, name):
+                await action(run, session)
     print(
         f"skip  purge-tenant (the API has no tenant deletion yet: tenant smoke-{run.run_id} "
         "stays, with one device)",

@@ -19,10 +19,10 @@ def node(database: str) -> Iterator[Node]:
         yield running
 
 
-def smoke(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+def smoke(node: Node, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "iotcore.cli", "smoke", *args],
-        env=settings_env(node.settings),
+        env={**settings_env(node.settings), **env},
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -64,14 +64,7 @@ def test_smoke_names_the_first_step_when_the_api_is_unreachable(node: Node) -> N
 
 
 def test_smoke_fails_the_provision_step_with_a_wrong_factory_key(node: Node) -> None:
-    env = {**settings_env(node.settings), "IOTCORE_FACTORY_KEY": "not-the-factory-key-" * 2}
-    result = subprocess.run(
-        [sys.executable, "-m", "iotcore.cli", "smoke", "--api", node.api, "--broker", node.broker],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    wrong_key = "not-the-factory-key-" * 2
+    result = smoke(node, "--api", node.api, "--broker", node.broker, IOTCORE_FACTORY_KEY=wrong_key)
     assert result.returncode == 1
     assert "FAIL  provision: POST /api/v1/factory/devices answered 401" in result.stderr
