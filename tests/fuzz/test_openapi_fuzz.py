@@ -109,8 +109,15 @@ class Api:
 def live_api(database: str, mqtt_broker: str) -> Iterator[Api]:
     # Wrong claim codes are throttled per tenant (tested in tests/devices); here the fuzzer's
     # guesses must not hide the claim logic behind 429s.
+    # One port for the public API and the internal listener (/metrics, the broker's hooks):
+    # the document then lists every operation, the hooks included, and the fuzz reaches all.
+    port = free_port()
     settings = make_settings(
-        database, http_port=free_port(), mqtt_url=mqtt_broker, claim_max_failures=100_000
+        database,
+        http_port=port,
+        metrics_port=port,
+        mqtt_url=mqtt_broker,
+        claim_max_failures=100_000,
     )
     process = start_iotcore(settings, "api")
     api = Api(settings, f"http://127.0.0.1:{settings.http_port}")
