@@ -22,6 +22,7 @@ from iotcore.platform.http import (
 from iotcore.platform.openapi import CONTRACT_VERSION
 from iotcore.platform.server import hide_server_banner
 from iotcore.telemetry import routes as telemetry_routes
+from iotcore.tenants import routes as tenants_routes
 
 
 def package_version() -> str:
@@ -60,7 +61,7 @@ def create_app(
         app.on_startup.append(start_platform)
 
     endpoints: list[Endpoint] = [*health.ENDPOINTS]
-    for domain in (auth_routes, devices_routes, telemetry_routes):
+    for domain in (auth_routes, devices_routes, telemetry_routes, tenants_routes):
         domain.setup(app)
         endpoints.extend(domain.ENDPOINTS)
     if owns_platform:

@@ -22,6 +22,7 @@ from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
 from iotcore.platform.server import ApiRunner
 from iotcore.telemetry import simulate
+from iotcore.tenants import cli as purge_cli
 
 log = logging.getLogger("iotcore.cli")
 
@@ -106,24 +107,33 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
 
 async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
     from iotcore.maintenance.jobs import MaintenanceStatus, run_forever, run_once
+    from iotcore.tenants.purge import run_worker
 
-    if args.once:
-        report = await run_once(settings)
-        print(f"maintenance: {report}", flush=True)
-        return
     platform = Platform.from_settings(settings)
     await platform.start()
-    status = MaintenanceStatus()
-    # Ready (and healthy to compose) only while the last pass succeeded.
-    platform.readiness_checks["maintenance"] = status.check
-    ops = await start_ops_server(platform)
-    print(f"iotcore maintain: metrics on port {settings.metrics_port}", flush=True)
-    task = asyncio.create_task(run_forever(settings, status))
     try:
-        await wait_for_shutdown()
+        if args.once:
+            report = await run_once(settings)
+            print(f"maintenance: {report}", flush=True)
+            await run_worker(platform, once=True)
+            return
+        status = MaintenanceStatus()
+        # Ready (and healthy to compose) only while the last pass succeeded.
+        platform.readiness_checks["maintenance"] = status.check
+        ops = await start_ops_server(platform)
+        print(f"iotcore maintain: metrics on port {settings.metrics_port}", flush=True)
+        tasks = [
+            asyncio.create_task(run_forever(settings, status)),
+            asyncio.create_task(run_worker(platform)),
+        ]
+        try:
+            await wait_for_shutdown()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ops.cleanup()
     finally:
-        task.cancel()
-        await ops.cleanup()
         await platform.close()
 
 
@@ -147,6 +157,7 @@ async def run_all(settings: Settings, args: argparse.Namespace) -> None:
     from iotcore.ingest.consumer import IngestRole
     from iotcore.maintenance.jobs import run_forever
     from iotcore.telemetry.service import TELEMETRY_INGEST_KEY
+    from iotcore.tenants.purge import run_worker
 
     platform = Platform.from_settings(settings)
     await platform.start()
@@ -157,10 +168,13 @@ async def run_all(settings: Settings, args: argparse.Namespace) -> None:
     ingest = IngestRole(platform, runner.app[TELEMETRY_INGEST_KEY])
     await ingest.start()
     maintenance = asyncio.create_task(run_forever(settings))
+    jobs = asyncio.create_task(run_worker(platform))
     try:
         await wait_for_shutdown()
     finally:
         maintenance.cancel()
+        jobs.cancel()
+        await asyncio.gather(jobs, return_exceptions=True)
         await ingest.stop()
         await broker.stop()
         await runner.cleanup()
@@ -225,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("status", help="list migrations, applied or pending")
     actions.add_parser("check", help="fail on misnumbered migrations or missing rollbacks")
     device_client.add_parsers(roles)
+    purge_cli.add_parser(roles)
     simulate.add_parser(roles)
     smoke.add_parser(roles)
     return parser
@@ -251,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_migrate(settings, args)
     if args.role == "smoke":
         return asyncio.run(smoke.run_smoke_command(settings, args))
+    if args.role == "purge":
+        return asyncio.run(purge_cli.run_purge(settings, args))
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(ASYNC_ROLES[args.role](settings, args))

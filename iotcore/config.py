@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     # API keys' last_used_at is collected in memory and written this often, in one statement.
     api_key_last_used_flush_s: float = Field(default=30.0, gt=0)
 
+    # Jobs (purges): run by `iotcore maintain` (and `iotcore run`) under a lease renewed at
+    # every batch; a job whose worker died is resumed by another once the lease runs out.
+    job_lease_s: int = Field(default=60, ge=2)
+    job_poll_s: float = Field(default=2.0, gt=0)
+    # Rows deleted per batch (one short transaction each), and a pause between batches that
+    # leaves the database to the live traffic.
+    purge_batch_rows: int = Field(default=5000, ge=1, le=100_000)
+    job_batch_pause_s: float = Field(default=0.01, ge=0)
+
     # Devices
     manufacturing_keys: SecretStr = SecretStr(DEV_MANUFACTURING_KEYS)
     manufacturing_signing_key_id: str = "mk1"

@@ -33,6 +33,8 @@ log = logging.getLogger("iotcore.auth.api_keys")
 KEY_PREFIX = "iotk_"
 # iotk_ + 43 base64url characters for 32 bytes; anything much longer is not a key of ours.
 _MAX_KEY_LENGTH = 64
+# The shared-invalidation cache of key look-ups (a tenant purge empties it too).
+API_KEYS_CACHE = "api-keys"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class ApiKeys:
         self._sql = queries("api_keys")
         self._flush_interval_s = platform.settings.api_key_last_used_flush_s
         self._cache: SharedInvalidationCache[_KeyRecord | None] = SharedInvalidationCache(
-            platform.redis, "api-keys", platform.settings.auth_cache_ttl_s
+            platform.redis, API_KEYS_CACHE, platform.settings.auth_cache_ttl_s
         )
         self._last_used: dict[UUID, datetime] = {}
         self._flusher: asyncio.Task[None] | None = None

@@ -32,6 +32,8 @@ from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.auth")
 SQL = queries("auth")
+# The shared-invalidation cache of users' current roles (a tenant purge empties it too).
+USERS_CACHE = "users"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class AuthService:
         self._password_limit = (settings.login_max_failures, settings.login_window_s)
         # user id -> (tenant, current role), or None once the user is gone.
         self._users: SharedInvalidationCache[tuple[UUID, Role] | None] = SharedInvalidationCache(
-            platform.redis, "users", settings.auth_cache_ttl_s
+            platform.redis, USERS_CACHE, settings.auth_cache_ttl_s
         )
 
     async def start(self) -> None:

@@ -18,7 +18,7 @@ Connection: TypeAlias = Any
 Pool: TypeAlias = Any
 
 
-async def _init_connection(conn: Any) -> None:
+async def init_connection(conn: Any) -> None:
     await conn.set_type_codec(
         "jsonb",
         encoder=lambda v: orjson.dumps(v).decode(),
@@ -55,7 +55,7 @@ class Database:
             max_size=self._settings.database_pool_max,
             timeout=self._settings.database_timeout_s,
             command_timeout=self._settings.database_timeout_s * 6,
-            init=_init_connection,
+            init=init_connection,
             # Generic plans cannot prune partitions by a parameter's value and were seen to
             # turn millisecond reads into seconds; plan each execution for its parameters.
             server_settings={"plan_cache_mode": "force_custom_plan"},

@@ -1,0 +1,1 @@
+"""Tenant deletion, device purges and jobs."""
