@@ -419,3 +419,10 @@ async def _seed_tenant_for_cli(settings: Settings) -> None:
         _CLI_TENANT.append(tenant_id)
     finally:
         await conn.close()
+
+
+def test_runbook_purges_with_the_commands_not_sql() -> None:
+    text = (REPO_ROOT / "runbooks" / "retention-and-purge.md").read_text()
+    assert "iotcore purge tenant" in text and "iotcore purge device" in text
+    for statement in ("DELETE FROM", "UPDATE ", "TRUNCATE", "DROP "):
+        assert statement not in text, statement
