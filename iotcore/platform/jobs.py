@@ -147,7 +147,7 @@ class JobWorker:
                 async with self.pool.acquire() as conn, conn.transaction():
                     await context.complete(conn)
         except LeaseLost:
-            log.warning("job lease lost; another worker has it", extra={"job_id": str(job_id)})
+            log.warning("job lease lost; another worker has it", extra={"job_id": str(job.job_id)})
         except asyncio.CancelledError:
             # Shutting down: the lease runs out and another worker resumes the job.
             raise
