@@ -115,7 +115,7 @@ class Purges:
         tenant_id = _tenant(ctx)
         batch = ctx.settings.purge_batch_rows
         progress = _start(ctx, TENANT_PHASES)
-        await self._finish_pending_devices(ctx, tenant_id)
+        await self._finish_pending_devices(ctx)
         if progress["phase"] == "devices":
             await self._unclaim_devices(ctx, tenant_id)
             await self._next_phase(ctx)
@@ -161,20 +161,20 @@ class Purges:
                 return len(ids)
 
             count = await ctx.step(work)
-            await self._finish_pending_devices(ctx, tenant_id)
+            await self._finish_pending_devices(ctx)
             if count < batch:
                 return
             await ctx.pause()
 
-    async def _finish_pending_devices(self, ctx: JobContext, tenant_id: UUID) -> None:
+    async def _finish_pending_devices(self, ctx: JobContext) -> None:
         """After the commit that revoked them: every replica forgets the devices' credentials
-        (the embedded broker then ends their sessions) and their derived keys go."""
+        (the embedded broker then ends their sessions). Their Redis keys, all named after the
+        tenant, go in the caches phase."""
         pending = [UUID(d) for d in ctx.progress.get("pending_devices", [])]
         if not pending:
             return
         for device_id in pending:
             await self._registry.invalidate(device_id)
-        await self._delete_keys(*(p for d in pending for p in _device_key_patterns(tenant_id, d)))
 
         async def done(conn: Connection) -> None:
             ctx.progress["pending_devices"] = []
