@@ -16,8 +16,6 @@ from iotcore.config import Settings
 from iotcore.platform.context import Platform
 from iotcore.platform.jobs import JobWorker
 from iotcore.platform.sql import queries
-from iotcore.tenants.purge import Purges
-from iotcore.tenants.service import start_job
 
 BAR_WIDTH = 30
 POLL_S = 0.2
@@ -47,6 +45,9 @@ def _aware_time(text: str) -> datetime:
 
 
 async def run_purge(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here: the domain modules load their SQL (and so the settings) on import.
+    from iotcore.tenants.purge import Purges
+
     platform = Platform.from_settings(settings)
     await platform.start()
     worker = JobWorker(settings, Purges(platform).handlers())
@@ -63,6 +64,8 @@ async def run_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _start(worker: JobWorker, args: argparse.Namespace) -> UUID | None:
+    from iotcore.tenants.service import start_job
+
     sql = queries("purge")
     requested_by = f"operator:{getpass.getuser()}"
     async with worker.pool.acquire() as conn, conn.transaction():
