@@ -27,11 +27,13 @@ WITH batch AS (
 SELECT count(*) AS deleted, min(ts) AS first_ts, max(ts) AS last_ts FROM gone
 
 -- name: telemetry_devices
--- Devices whose readings a tenant may hold: claimed now, with latest values, or claimed
--- once (the audit log remembers claims and resets).
+-- Devices whose readings a tenant may hold: claimed now, with latest values, released by a
+-- reset, or named in the audit log (claims, resets, rotations).
 SELECT device_id FROM devices WHERE tenant_id = $1
 UNION
 SELECT device_id FROM telemetry_latest WHERE tenant_id = $1
+UNION
+SELECT device_id FROM device_releases WHERE tenant_id = $1
 UNION
 SELECT subject::uuid FROM audit_log
 WHERE tenant_id = $1

@@ -29,6 +29,7 @@ from iotcore.platform.context import Platform
 from iotcore.platform.db import Connection
 from iotcore.platform.jobs import Handler, JobContext, JobWorker
 from iotcore.platform.sql import queries
+from iotcore.telemetry.derived import clear_device_state, live_key
 
 log = logging.getLogger("iotcore.tenants.purge")
 
@@ -251,9 +252,9 @@ class Purges:
     async def _clear_device_keys(
         self, tenant_id: UUID, device_id: UUID, before: datetime | None
     ) -> None:
-        # The latest values refill from the database on the next read; the ETags of the
-        # tenant's responses all go, since any of them may include the purged readings.
-        await self._delete_keys(*_device_key_patterns(tenant_id, device_id), f"etag:{tenant_id}:*")
+        # The latest values refill from the database on the next read; the device's cached
+        # ETags go, since any of its responses may include the purged readings.
+        await clear_device_state(self._redis, tenant_id, device_id)
         await self._drop_live_entries(tenant_id, device_id, before)
 
     async def _drop_live_entries(
@@ -261,7 +262,7 @@ class Purges:
     ) -> None:
         """The live stream keeps a few minutes for clients that reconnect: entries carrying
         the device's purged readings go (an entry holds one batch of several devices)."""
-        key = self._redis.key("live", str(tenant_id))
+        key = live_key(self._redis, tenant_id)
         name = str(device_id)
         limit_ms = int(before.timestamp() * 1000) if before else None
         doomed: list[bytes] = []
@@ -296,11 +297,6 @@ class Purges:
             if batch:
                 deleted += await client.unlink(*batch)
         return deleted
-
-
-def _device_key_patterns(tenant_id: UUID, device_id: UUID) -> list[str]:
-    """Redis keys holding a device's derived state for a tenant (latest values)."""
-    return [f"*{tenant_id}*{device_id}*", f"latest:{device_id}"]
 
 
 def _tenant(ctx: JobContext) -> UUID:
