@@ -1,4 +1,4 @@
--- Jobs (migrations/0010). The service starts them and reads them in its tenant; workers run
+-- Jobs (migrations/0011). The service starts them and reads them in its tenant; workers run
 -- them as the owner role.
 
 -- name: insert

@@ -1,4 +1,4 @@
-"""Jobs: long work done by a worker in bounded, resumable steps (migrations/0010).
+"""Jobs: long work done by a worker in bounded, resumable steps (migrations/0011).
 
 A worker (`iotcore maintain`, `iotcore run`, or a CLI command following its own job) takes
 a job by a lease and renews it in the transaction of every step, together with the job's
