@@ -20,6 +20,7 @@ from iotcore.config import Settings
 from iotcore.platform import errors
 from iotcore.platform.logging import request_id_var
 from iotcore.platform.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from iotcore.platform.versioning import Deprecation
 
 log = logging.getLogger("iotcore.http")
 
@@ -53,6 +54,8 @@ class Endpoint:
     in_schema: bool = True
     # A body the handler parses itself (e.g. point by point), documented with this model.
     documented_body: type[BaseModel] | None = None
+    # Set when the operation is deprecated (docs/versioning.md): headers and OpenAPI flag.
+    deprecation: Deprecation | None = None
 
     def route_handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -61,7 +64,10 @@ class Endpoint:
                 kwargs["query"] = parse_query(request, self.query)
             if self.body is not None:
                 kwargs["body"] = await parse_body(request, self.body)
-            return await self.handler(request, **kwargs)
+            response = await self.handler(request, **kwargs)
+            if self.deprecation is not None and not response.prepared:
+                response.headers.update(self.deprecation.headers())
+            return response
 
         handle.__name__ = self.handler.__name__
         return handle

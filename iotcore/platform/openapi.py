@@ -124,6 +124,8 @@ def _operation(endpoint: Endpoint, refs: dict[str, Any]) -> dict[str, Any]:
         "tags": [endpoint.tag],
         "responses": {},
     }
+    if endpoint.deprecation is not None:
+        operation["deprecated"] = True
     params = _parameters(endpoint)
     if params:
         operation["parameters"] = params
