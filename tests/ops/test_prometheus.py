@@ -15,9 +15,11 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 
 import aiohttp
+import asyncpg
 import pytest
 import yaml
 
@@ -31,7 +33,6 @@ DASHBOARDS = sorted((REPO_ROOT / "ops" / "grafana" / "dashboards").glob("*.json"
 # the alerts on them (ops/prometheus/tests/).
 NOT_SCRAPED_HERE = {
     "emqx": "EMQX is not run by the tests (the embedded broker stands in for it)",
-    "iotcore_writer_refused_total": "appears on the first batch the database refuses for good",
 }
 COMPARISON = re.compile(r"==|!=|>=|<=|>|<")
 
@@ -128,8 +129,10 @@ def queries_to_check() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def node(database: str) -> Iterator[Node]:
-    # A small device rate limit, so the load includes rate-limited requests.
-    with single_node(database, rate_limit_device_per_s=1, rate_limit_device_burst=3) as running:
+    # A small device rate limit (two requests at once, at the default per-request floor of 5
+    # readings, then one a second), so the load includes rate-limited requests.
+    limits = {"rate_limit_device_per_s": 5, "rate_limit_device_burst": 10}
+    with single_node(database, rate_limit_request_floor=5, **limits) as running:
         yield running
 
 
@@ -198,9 +201,36 @@ def query(prometheus: str, expr: str) -> list[object]:
     return result if body["data"]["resultType"] == "vector" else [result]
 
 
+async def refuse_one_reading(node: Node, headers: dict[str, str]) -> None:
+    """The database refuses a reading for good (a CHECK constraint on a metric name no row
+    has, SQLSTATE 23514), as in tests/telemetry/test_write_faults.py: the refused-batch alert
+    then has data."""
+    owner = await asyncpg.connect(node.settings.database_owner_url)
+    metric = f"refused_{uuid.uuid4().hex[:8]}"
+    try:
+        await owner.execute(
+            f"ALTER TABLE telemetry ADD CONSTRAINT {metric} CHECK (metric <> '{metric}')"
+        )
+        async with aiohttp.ClientSession(node.api) as session:
+            for _ in range(20):  # the device is rate limited by the load before: wait its turn
+                async with session.post(
+                    "/api/v1/telemetry", json={"metrics": {metric: 1}}, headers=headers
+                ) as response:
+                    if response.status != 429:
+                        assert response.status == 422, await response.text()
+                        break
+                    await asyncio.sleep(float(response.headers["Retry-After"]))
+            else:
+                raise AssertionError("still rate limited")
+    finally:
+        await owner.execute(f"ALTER TABLE telemetry DROP CONSTRAINT IF EXISTS {metric}")
+        await owner.close()
+
+
 async def a_little_load(node: Node) -> None:
     """The smoke test's critical path (MQTT and HTTP telemetry, reads), then a burst of HTTP
-    telemetry past the device's rate limit, one bad point and one bad password."""
+    telemetry past the device's rate limit, one bad point, one bad password and one reading
+    the database refuses."""
     settings = node.settings
     run = SmokeRun(
         node.api,
@@ -225,6 +255,7 @@ async def a_little_load(node: Node) -> None:
         async with session.post("/api/v1/telemetry", json=body, headers=wrong) as response:
             statuses.append(response.status)
     assert 202 in statuses and 429 in statuses and 401 in statuses, statuses
+    await refuse_one_reading(node, headers)
 
 
 async def test_every_alert_and_dashboard_expression_returns_data(
