@@ -7,8 +7,8 @@ public API and broker only. Exits 1 naming the first step that failed.
 Without IOTCORE_FACTORY_KEY the key comes from the local settings (IOT_MANUFACTURING_KEYS),
 which suits the single node. It registers a throwaway tenant (smoke-<random>), provisions one
 device, claims it, fetches its secret, publishes one reading over MQTT and one over HTTP, and
-reads them back raw, latest and aggregated. The API has no tenant deletion yet: the tenant
-stays (its name says what it is) and the last step says so.
+reads them back raw, latest and aggregated, then deletes the tenant (a job, waited for) and
+checks its user can no longer log in.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from iotcore.devices import client as device_client
 from iotcore.devices import signing
 
 READ_BACK_S = 20.0
+# A tenant deletion is a job the maintain role (or `iotcore run`) picks up within
+# IOT_JOB_POLL_S (2 s).
+PURGE_S = 60.0
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -90,6 +93,7 @@ async def _register(run: SmokeRun, session: aiohttp.ClientSession) -> None:
     }
     owner = await _expect(await session.post("/api/v1/auth/register", json=body), 201)
     run.state["auth"] = {"Authorization": f"Bearer {owner['access_token']}"}
+    run.state["login"] = {"email": body["email"], "password": body["password"]}
 
 
 async def _provision(run: SmokeRun, session: aiohttp.ClientSession) -> None:
@@ -201,6 +205,36 @@ async def _read_aggregate(run: SmokeRun, session: aiohttp.ClientSession) -> None
         raise StepFailed(f"aggregate count is not 1: {aggregate['items']}")
 
 
+async def _purge_tenant(run: SmokeRun, session: aiohttp.ClientSession) -> None:
+    """Delete the throwaway tenant and wait for the job; its user then cannot log in."""
+    accepted = await _expect(
+        await session.delete(
+            "/api/v1/tenant",
+            json={"confirmation": f"smoke-{run.run_id}"},
+            headers=run.state["auth"],
+        ),
+        202,
+    )
+    deadline = time.monotonic() + PURGE_S
+    while time.monotonic() < deadline:
+        response = await session.get(
+            f"/api/v1/jobs/{accepted['job_id']}", headers=run.state["auth"]
+        )
+        if response.status == 401:
+            break  # the tenant's users are gone: the job has got that far
+        job = await _expect(response, 200)
+        if job["status"] == "failed":
+            raise StepFailed(f"the deletion job failed: {job.get('error')}")
+        if job["status"] == "done":
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise StepFailed(f"the deletion job did not finish within {PURGE_S:.0f} s")
+    login = await session.post("/api/v1/auth/login", json=run.state["login"])
+    if login.status != 401:
+        raise StepFailed(f"the deleted tenant's user can still log in ({login.status})")
+
+
 async def _ready(run: SmokeRun, session: aiohttp.ClientSession) -> None:
     await _expect(await session.get("/api/v1/health/ready"), 200)
 
@@ -218,20 +252,16 @@ STEPS: list[tuple[str, Step]] = [
     ("read-raw", _read_raw),
     ("read-latest", _read_latest),
     ("read-aggregate", _read_aggregate),
+    ("purge-tenant", _purge_tenant),
 ]
 
 
-async def run_smoke(run: SmokeRun) -> None:
+async def run_smoke(run: SmokeRun, steps: list[tuple[str, Step]] = STEPS) -> None:
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(run.api.rstrip("/"), timeout=timeout) as session:
-        for name, action in STEPS:
+        for name, action in steps:
             async with step(run, name):
                 await action(run, session)
-    print(
-        f"skip  purge-tenant (the API has no tenant deletion yet: tenant smoke-{run.run_id} "
-        "stays, with one device)",
-        flush=True,
-    )
 
 
 def smoke_run_from_args(settings: Settings, args: argparse.Namespace) -> SmokeRun:
