@@ -15,6 +15,8 @@ from uuid import uuid4
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from iotcore.config import Settings
 from iotcore.platform import errors
@@ -256,6 +258,11 @@ async def observe_middleware(
             if exc.status < 400:
                 raise
             response = error_response(_from_http_exception(exc), request_id)
+        except (RedisConnectionError, RedisTimeoutError):
+            # Redis is out (runbooks/redis-down.md): what needs it (throttles) is unavailable,
+            # not broken; paths that can do without it catch this themselves.
+            log.warning("redis unavailable", extra={"path": request.path})
+            response = error_response(errors.Unavailable(), request_id)
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
             response = error_response(errors.ApiError(), request_id)
