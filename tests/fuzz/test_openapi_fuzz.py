@@ -8,8 +8,9 @@ device holding a secret, one with a signature key, refresh tokens, claimable ser
 reads back the record of every call to prove each operation was reached with credentials
 that were accepted.
 
-IOT_FUZZ_EXAMPLES (cases per operation) and IOT_FUZZ_SEED (explore other cases than CI's
-fixed ones) tune a run; the defaults take about two minutes.
+IOT_FUZZ_EXAMPLES (cases per operation), IOT_FUZZ_SEED (explore other cases than CI's fixed
+ones) and IOT_FUZZ_CHECKS (schemathesis checks, comma-separated) tune a run; the defaults
+take about two minutes.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def test_schemathesis_finds_no_server_error_or_schema_mismatch(
         "run",
         live_api.base + "/api/v1/openapi.json",
         "--checks",
-        CHECKS,
+        os.environ.get("IOT_FUZZ_CHECKS", CHECKS),
         "--phases",
         "examples,coverage,fuzzing,stateful",
         "--max-examples",
