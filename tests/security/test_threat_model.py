@@ -19,4 +19,4 @@ def test_every_test_the_threat_model_cites_exists() -> None:
         defined = re.compile(rf"^(async )?def {name}\(", re.MULTILINE)
         if not source.exists() or not defined.search(source.read_text()):
             missing.append(f"{path}::{name}")
-    assert missing == []
+    assert missing == [], "update docs/threat-model.md to the tests' current names"
