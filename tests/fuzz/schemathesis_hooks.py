@@ -128,7 +128,9 @@ def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
         turn = next(_turns.setdefault(key, itertools.count()))
         kind = kinds[turn % len(kinds)]
         _credential_of_case[id(case)] = kind  # for the record: after_call sees no kwargs
-    kwargs["auth"] = CREDENTIAL_KINDS[kind][1](context()["credentials"][kind])
+    overrides = context().get("credentials_by_operation", {}).get(key, {})
+    value = overrides.get(kind, context()["credentials"][kind])
+    kwargs["auth"] = CREDENTIAL_KINDS[kind][1](value)
 
 
 @schemathesis.hook

@@ -233,6 +233,7 @@ def arrange(api: Api, record: Path) -> dict[str, Any]:
     A that no path id names, so that the owner's password changes do not revoke them."""
     owner = _register(api, "fuzz-owner")
     holder = _register(api, "fuzz-holder")
+    doomed = _register(api, "fuzz-doomed")  # the tenant the fuzz may delete
     token = owner["access_token"]
     mine = _provision(api, 6)
     for device in mine[:4]:
@@ -255,6 +256,13 @@ def arrange(api: Api, record: Path) -> dict[str, Any]:
     key_id = api.settings.manufacturing_signing_key_id
     point = {"ts": int(time.time() * 1000), "metrics": {"temp": 21.5, "door_open": False}}
     ids = [d["device_id"] for d in mine[:4]]
+    # A job to look at (it purges nothing: no reading is that old).
+    job = api.json(
+        "POST",
+        f"/api/v1/devices/{ids[3]}/purge",
+        {"confirmation": "PURGE", "before": "2000-01-01T00:00:00Z"},
+        token,
+    )
     return {
         "record": str(record),
         "credentials": {
@@ -265,6 +273,10 @@ def arrange(api: Api, record: Path) -> dict[str, Any]:
             "device_signature": [signing_device["device_id"], signing_device["device_key"]],
             "hook_token": api.settings.mqtt_hook_token.get_secret_value(),
         },
+        # Deleting a tenant acts on the caller's own: the fuzz deletes another one's.
+        "credentials_by_operation": {
+            "DELETE /api/v1/tenant": {"user_jwt": doomed["access_token"]},
+        },
         "path_pools": {
             "device_id": _pools(ids[:3], ids[3]),
             "user_id": _pools([viewer["user_id"]], spare_user["user_id"]),
@@ -273,6 +285,7 @@ def arrange(api: Api, record: Path) -> dict[str, Any]:
                 "write": [rotated_key["api_key_id"]],
                 "destroy": [spare_key["api_key_id"]],
             },
+            "job_id": {"read": [job["job_id"]], "write": [], "destroy": []},
         },
         "body_seeds": {
             "POST /api/v1/auth/login": [{"email": owner["email"], "password": owner["password"]}],
@@ -287,6 +300,8 @@ def arrange(api: Api, record: Path) -> dict[str, Any]:
                 for d in mine[4:]
             ],
             "POST /api/v1/telemetry": [point, {"points": [point]}],
+            "DELETE /api/v1/tenant": [{"confirmation": doomed["tenant"]["name"]}],
+            "POST /api/v1/devices/{device_id}/purge": [{"confirmation": "PURGE"}],
         },
         "query_seeds": {
             "GET /api/v1/devices/{device_id}/telemetry": [{"metric": "temp"}, {"order": "desc"}],
