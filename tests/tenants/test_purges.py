@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
 from iotcore.platform.context import Platform
-from iotcore.tenants.purge import run_worker
+from iotcore.platform.jobs import JobWorker
+from iotcore.tenants.purge import Purges, run_worker
 from tests.conftest import REPO_ROOT, read_log, settings_env, start_iotcore
 from tests.support.devices import DeviceCredentials, claimed_device
 from tests.support.replicas import second_replica
@@ -436,3 +437,36 @@ def test_runbook_purges_with_the_commands_not_sql() -> None:
     assert "iotcore purge tenant" in text and "iotcore purge device" in text
     for statement in ("DELETE FROM", "UPDATE ", "TRUNCATE", "DROP "):
         assert statement not in text, statement
+
+
+async def test_one_job_is_run_by_one_worker_at_a_time(
+    client: Client, settings: Settings, platform: Platform, owner_conn: Any
+) -> None:
+    owner = await register(client)
+    device = await claimed_device(client, settings, owner)
+    response = await purge_device(client, owner, device.device_id)
+    job_id = UUID((await response.json())["job_id"])
+    first, second = (JobWorker(settings, Purges(platform).handlers()) for _ in range(2))
+    for worker in (first, second):
+        await worker.start()
+    try:
+        claimed = await first.pool.fetchrow(
+            first.sql["claim"], first.worker_id, first.lease, job_id
+        )
+        assert claimed is not None
+        # Held under a live lease: the other worker cannot take it, by id or otherwise.
+        assert await second.run_one(job_id) is None
+        assert await second.run_one() is None
+        # The lease runs out (the first worker died): the other takes it over and finishes.
+        await owner_conn.execute(
+            "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE job_id = $1", job_id
+        )
+        taken = await second.run_one(job_id)
+        assert taken is not None and taken.attempts == 2
+        state = await owner_conn.fetchrow(
+            "SELECT status, lease_owner FROM jobs WHERE job_id = $1", job_id
+        )
+        assert (state["status"], state["lease_owner"]) == ("done", None)
+    finally:
+        for worker in (first, second):
+            await worker.close()
