@@ -9,6 +9,7 @@ from aiohttp.typedefs import Middleware
 
 from iotcore.auth import routes as auth_routes
 from iotcore.config import Settings
+from iotcore.console import routes as console_routes
 from iotcore.devices import routes as devices_routes
 from iotcore.platform import health, listeners
 from iotcore.platform.context import PLATFORM_KEY, Platform
@@ -61,7 +62,7 @@ def create_app(
         app.on_startup.append(start_platform)
 
     endpoints: list[Endpoint] = [*health.ENDPOINTS]
-    for domain in (auth_routes, devices_routes, telemetry_routes, tenants_routes):
+    for domain in (auth_routes, devices_routes, telemetry_routes, tenants_routes, console_routes):
         domain.setup(app)
         endpoints.extend(domain.ENDPOINTS)
     if owns_platform:

@@ -1,0 +1,1 @@
+"""The tenants' web console: static pages served at `/`, talking to the public API."""
