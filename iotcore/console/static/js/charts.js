@@ -60,7 +60,7 @@ export class Chart {
         ),
       );
     }
-    clear(this.rows).append(table(this.title, ["Time", ...this.seriesNames], rows));
+    clear(this.rows, table(this.title, ["Time", ...this.seriesNames], rows, { class: "data" }));
   }
 
   destroy() {

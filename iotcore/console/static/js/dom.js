@@ -27,9 +27,10 @@ export function append(el, children) {
   return el;
 }
 
-export function clear(el) {
+// Replace the children; arrays (nested too) are flattened, text becomes text nodes.
+export function clear(el, ...children) {
   el.replaceChildren();
-  return el;
+  return append(el, children);
 }
 
 export function flash(message, kind = "info") {

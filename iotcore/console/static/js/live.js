@@ -61,10 +61,12 @@ export class LiveFeed {
     this.delay = Math.min(this.delay * 2, 15000);
   }
 
-  // For tests and for the page's "reconnect" button: drop the connection as a network would.
-  drop() {
+  // Drop the connection as a network would, reconnecting after `pauseMs` (tests use it to
+  // prove that readings stored meanwhile arrive on resume).
+  drop(pauseMs = 500) {
     if (this.source) this.source.close();
     this.source = null;
+    this.delay = pauseMs;
     this.retry();
   }
 

@@ -64,7 +64,7 @@ async function render() {
     if (view.ready) await view.ready;
     return;
   }
-  clear(main).append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/devices" }, "Back to devices")));
+  clear(main, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/devices" }, "Back to devices")));
 }
 
 document.getElementById("logout").addEventListener("click", async () => {

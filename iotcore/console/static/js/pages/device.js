@@ -60,7 +60,7 @@ export function devicePage(deviceId) {
       ["Claimed", formatTime(device.claimed_at)],
       ["Labels", labels.length ? h("ul", { class: "labels" }, labels.map(([k, v]) => h("li", {}, h("code", {}, k), " = ", v))) : "none"],
     ];
-    clear(details).append(rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    clear(details, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   }
 
   function drawManage() {
@@ -100,7 +100,7 @@ export function devicePage(deviceId) {
       if (!ok) return;
       await act(() => api("POST", `${path}/reset`, { body: { confirmation: "RESET" } }), "Device reset.");
     });
-    clear(manage).append(h("h2", { id: "manage-h" }, "Manage"), rename, labelForm, h("p", { class: "actions" }, rotate, reset));
+    clear(manage, h("h2", { id: "manage-h" }, "Manage"), rename, labelForm, h("p", { class: "actions" }, rotate, reset));
   }
 
   async function patch(body, message) {
@@ -130,13 +130,13 @@ export function devicePage(deviceId) {
     const rows = [...latest.entries()]
       .sort(([a], [b]) => a.localeCompare(b))
       .map(([metric, v]) => h("tr", {}, h("th", { scope: "row" }, metric), h("td", {}, String(v.value)), h("td", {}, formatTime(v.ts))));
-    clear(latestBox).append(rows.length ? table("Latest values", ["Metric", "Value", "Time"], rows) : h("p", { class: "empty" }, "No telemetry yet."));
+    clear(latestBox, rows.length ? table("Latest values", ["Metric", "Value", "Time"], rows) : h("p", { class: "empty" }, "No telemetry yet."));
   }
 
   function setMetrics(names) {
     for (const select of [liveMetric, aggMetric]) {
       const chosen = select.value;
-      clear(select).append(names.map((m) => h("option", { value: m }, m)));
+      clear(select, names.map((m) => h("option", { value: m }, m)));
       if (names.includes(chosen)) select.value = chosen;
     }
   }
@@ -260,7 +260,7 @@ export function devicePage(deviceId) {
       rawPrev.disabled = rawPage === 0;
       rawNext.disabled = !page.next_cursor;
       const rows = page.items.map((r) => h("tr", {}, h("td", {}, r.metric), h("td", {}, r.ts), h("td", {}, String(r.value))));
-      clear(rawBox).append(rows.length ? table(`Readings, page ${rawPage + 1}`, ["Metric", "Time (UTC)", "Value"], rows, { id: "raw-table" }) : h("p", { class: "empty" }, "No readings in this range."));
+      clear(rawBox, rows.length ? table(`Readings, page ${rawPage + 1}`, ["Metric", "Time (UTC)", "Value"], rows, { id: "raw-table" }) : h("p", { class: "empty" }, "No readings in this range."));
     } catch (error) {
       flash(`${error.message} ${error.details.map((d) => d.problem).join("; ")}`, "error");
     }
@@ -343,7 +343,7 @@ export function devicePage(deviceId) {
     try {
       device = await api("GET", path);
     } catch (error) {
-      clear(element).append(h("h1", {}, "Device not found"), h("p", {}, error.message));
+      clear(element, h("h1", {}, "Device not found"), h("p", {}, error.message));
       return;
     }
     drawDetails();
@@ -392,7 +392,7 @@ function commandsSection(section, path, admin) {
           h("td", {}, formatTime(c.created_at)),
         ),
       );
-    clear(list).append(rows.length ? table("Commands", ["Name", "Parameters", "Status", "Result", "Sent"], rows, { id: "commands-table" }) : h("p", { class: "empty" }, "No commands yet."));
+    clear(list, rows.length ? table("Commands", ["Name", "Parameters", "Status", "Result", "Sent"], rows, { id: "commands-table" }) : h("p", { class: "empty" }, "No commands yet."));
   }
 
   // Until it ends, a command's status is polled (the stream's command events only speed it up).
@@ -454,7 +454,7 @@ function commandsSection(section, path, admin) {
         if (error.status === 404) return; // no commands on this server
         throw error;
       }
-      clear(section).append(h("h2", { id: "commands-h" }, "Commands"), admin ? form() : null, list);
+      clear(section, h("h2", { id: "commands-h" }, "Commands"), admin ? form() : null, list);
       section.hidden = false;
       draw();
       for (const c of known.values()) if (!TERMINAL.has(c.status)) watch(c.command_id);

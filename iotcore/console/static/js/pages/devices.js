@@ -43,7 +43,7 @@ export function devicesPage() {
         h("td", {}, formatTime(d.last_seen_at)),
       ),
     );
-    clear(list).append(
+    clear(list, 
       rows.length
         ? table(`Devices, page ${page + 1}`, ["Name", "Serial", "Status", "Presence", "Last seen"], rows, { id: "devices" })
         : h("p", { class: "empty" }, items.length ? "No device on this page matches." : "No devices yet."),

@@ -20,7 +20,7 @@ export function keysPage() {
     });
     const dismiss = h("button", { type: "button", class: "secondary" }, "Done");
     dismiss.addEventListener("click", () => clear(secretBox));
-    clear(secretBox).append(
+    clear(secretBox, 
       h("div", { class: "card notice" }, h("h2", {}, `Key for ${created.name}`), h("p", {}, "Copy it now: it is shown only once."), h("p", { class: "inline" }, value, copy, dismiss)),
     );
     value.focus();
@@ -63,7 +63,7 @@ export function keysPage() {
           h("td", {}, h("span", { class: "inline" }, rotate, revoke)),
         );
       });
-      clear(box).append(rows.length ? table("API keys", ["Name", "Role", "Created", "Expires", "Last used", ""], rows, { id: "keys-table" }) : h("p", { class: "empty" }, "No API keys."));
+      clear(box, rows.length ? table("API keys", ["Name", "Role", "Created", "Expires", "Last used", ""], rows, { id: "keys-table" }) : h("p", { class: "empty" }, "No API keys."));
     } catch (error) {
       flash(error.message, "error");
     }

@@ -45,7 +45,7 @@ export function usersPage() {
         }
         return h("tr", {}, h("td", {}, u.email), h("td", {}, roleControl(u)), h("td", {}, formatTime(u.created_at)), h("td", {}, remove));
       });
-      clear(box).append(table("Users", ["E-mail", "Role", "Added", ""], rows, { id: "users-table" }));
+      clear(box, table("Users", ["E-mail", "Role", "Added", ""], rows, { id: "users-table" }));
     } catch (error) {
       flash(error.message, "error");
     }
