@@ -64,13 +64,11 @@ async def page(context: BrowserContext) -> AsyncIterator[Page]:
     violations: list[str] = []
     page.on(
         "console",
-        lambda message: violations.append(message.text)
-        if "Content Security Policy" in message.text
-        else None,
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
     )
     page.on("pageerror", lambda error: violations.append(f"page error: {error}"))
-    page.on("console", lambda message: print("CONSOLE", message.text))
-    page.on("pageerror", lambda error: print("PAGEERROR", error))
     yield page
     assert violations == [], "the console broke its CSP or threw"
 

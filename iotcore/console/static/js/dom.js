@@ -1,5 +1,5 @@
 // DOM helpers. Text always goes in as text nodes: device names, labels and metric names are
-// chosen by other people and must never be parsed as HTML (no innerHTML anywhere).
+// chosen by other people and must never be parsed as markup (no HTML-string APIs here).
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -33,10 +33,20 @@ export function clear(el, ...children) {
   return append(el, children);
 }
 
-export function flash(message, kind = "info") {
+let keepFlash = false;
+
+// A status message; with `keep`, it survives the next page change (a message about an action
+// that also navigates).
+export function flash(message, kind = "info", { keep = false } = {}) {
+  keepFlash = keep;
   const box = document.getElementById("flash");
   box.className = kind;
   box.textContent = message;
+}
+
+export function clearFlash() {
+  if (keepFlash) keepFlash = false;
+  else flash("");
 }
 
 export function formatTime(iso) {

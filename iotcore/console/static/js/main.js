@@ -1,6 +1,6 @@
 // The router: one page per hash route; the pages follow the caller's role.
 import { atLeast, currentSession, logOut, restore } from "./api.js";
-import { h, clear, flash } from "./dom.js";
+import { h, clear, clearFlash, flash } from "./dom.js";
 import { authPage } from "./pages/auth.js";
 import { claimPage, devicesPage } from "./pages/devices.js";
 import { devicePage } from "./pages/device.js";
@@ -18,6 +18,7 @@ const routes = [
 ];
 
 let teardown = null;
+let firstRender = true;
 
 function chrome() {
   const session = currentSession();
@@ -60,7 +61,9 @@ async function render() {
     teardown = view.teardown || null;
     const heading = main.querySelector("h1");
     document.title = heading ? `${heading.textContent} · iotcore` : "iotcore console";
-    main.focus({ preventScroll: true });
+    // Move focus to the new page (not on the first load: Tab then starts at the skip link).
+    if (!firstRender) main.focus({ preventScroll: true });
+    firstRender = false;
     if (view.ready) await view.ready;
     return;
   }
@@ -71,17 +74,17 @@ document.getElementById("logout").addEventListener("click", async () => {
   try {
     await logOut();
   } finally {
-    flash("Logged out.");
+    flash("Logged out.", "info", { keep: true });
     window.location.hash = "#/login";
     chrome();
   }
 });
 window.addEventListener("iotcore:logged-out", () => {
-  flash("Your session ended; log in again.", "error");
+  flash("Your session ended; log in again.", "error", { keep: true });
   window.location.hash = "#/login";
 });
 window.addEventListener("hashchange", () => {
-  flash("");
+  clearFlash();
   render();
 });
 

@@ -98,7 +98,15 @@ export function devicePage(deviceId) {
     reset.addEventListener("click", async () => {
       const ok = await confirmDialog("Reset device", "The device becomes unclaimed and its secrets are revoked. Stored telemetry stays with you.", { typed: "RESET", action: "Reset" });
       if (!ok) return;
-      await act(() => api("POST", `${path}/reset`, { body: { confirmation: "RESET" } }), "Device reset.");
+      try {
+        await api("POST", `${path}/reset`, { body: { confirmation: "RESET" } });
+      } catch (error) {
+        flash(error.message, "error");
+        return;
+      }
+      // The device is no longer this tenant's: back to the list.
+      flash(`${device.name || device.serial_number} was reset; it can be claimed again.`, "info", { keep: true });
+      window.location.hash = "#/devices";
     });
     clear(manage, h("h2", { id: "manage-h" }, "Manage"), rename, labelForm, h("p", { class: "actions" }, rotate, reset));
   }

@@ -112,7 +112,7 @@ export function claimPage() {
       const body = { serial_number: serial.value.trim(), claim_code: code.value.trim() };
       if (name.value.trim()) body.name = name.value.trim();
       const device = await api("POST", "/devices/claim", { body });
-      flash(`Claimed ${device.name || device.serial_number}.`);
+      flash(`Claimed ${device.name || device.serial_number}.`, "info", { keep: true });
       window.location.hash = `#/devices/${device.device_id}`;
     } catch (error) {
       flash(error.message, "error");
