@@ -28,6 +28,7 @@ export IOT_MQTT_SHARED_SUBSCRIPTION="${IOT_MQTT_SHARED_SUBSCRIPTION:-false}"
 cd "$REPO_ROOT"
 iotcore migrate up
 log "API:    http://$IOT_HTTP_HOST:$IOT_HTTP_PORT/api/v1  (docs: /api/v1/docs, ready: /api/v1/health/ready)"
+log "Console: http://$IOT_HTTP_HOST:$IOT_HTTP_PORT/"
 log "Broker: mqtt://$IOT_BROKER_HOST:$IOT_BROKER_PORT  (embedded; devices log in with device_id / secret)"
 log "Internal: http://$IOT_HTTP_HOST:$IOT_METRICS_PORT/metrics  (and the broker hooks; keep it private)"
 exec iotcore run

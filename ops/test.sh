@@ -6,6 +6,9 @@ source "$(dirname "$0")/lib.sh"
 
 bash "$REPO_ROOT/ops/services.sh"
 bash "$REPO_ROOT/ops/tools.sh"
+# --- Browser tests (tests/console) drive Debian's Chromium through Playwright.
+if [ ! -x "${IOT_CHROMIUM:-/usr/bin/chromium}" ]; then log "installing chromium"; apt_install chromium; fi
+# ---
 ensure_venv "dev"
 cd "$REPO_ROOT"
 

@@ -73,9 +73,9 @@ async def page(context: BrowserContext) -> AsyncIterator[Page]:
     assert violations == [], "the console broke its CSP or threw"
 
 
-async def screenshot(page: Page, name: str) -> None:
+async def screenshot(page: Page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 async def log_in(page: Page, email: str, password: str) -> None:

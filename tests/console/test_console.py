@@ -103,6 +103,7 @@ async def test_sign_up_claim_and_see_live_points_within_two_seconds(
     await expect(page.locator("#live-state")).to_have_text("live")
 
     await screenshot(page, "device")
+    await screenshot(page, "device-viewport", full_page=False)  # README's docs/console.png
     await page.get_by_role("link", name="Devices", exact=True).click()
     await expect(page.locator("#devices")).to_contain_text("Boiler room")
     await expect(page.locator("#devices")).to_contain_text("active")

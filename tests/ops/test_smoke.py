@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -68,3 +69,15 @@ def test_smoke_fails_the_provision_step_with_a_wrong_factory_key(node: Node) -> 
     result = smoke(node, "--api", node.api, "--broker", node.broker, IOTCORE_FACTORY_KEY=wrong_key)
     assert result.returncode == 1
     assert "FAIL  provision: POST /api/v1/factory/devices answered 401" in result.stderr
+
+
+def test_the_single_node_serves_the_console(node: Node) -> None:
+    """README's run command (`iotcore run`) serves the console at / with nothing to build."""
+    with urllib.request.urlopen(node.api + "/", timeout=10) as response:
+        page = response.read().decode()
+        csp = response.headers["Content-Security-Policy"]
+    assert '<script type="module" src="/console/assets/js/main.js">' in page
+    assert "script-src 'self'" in csp
+    for asset in ("js/main.js", "vendor/uplot.iife.min.js", "console.css"):
+        with urllib.request.urlopen(f"{node.api}/console/assets/{asset}", timeout=10) as response:
+            assert response.status == 200 and len(response.read()) > 1000

@@ -177,6 +177,10 @@ export function devicePage(deviceId) {
     }
     drawLatest();
     drawLive();
+    if (device && (!device.last_seen_at || device.last_seen_at < point.ts)) {
+      device.last_seen_at = point.ts;
+      drawDetails();
+    }
   }
 
   async function seedLive() {
@@ -326,7 +330,6 @@ export function devicePage(deviceId) {
     h("p", {}, h("a", { href: "#/devices" }, "← Devices")),
     heading,
     details,
-    manage,
     h("section", { "aria-labelledby": "latest-h" }, h("h2", { id: "latest-h" }, "Latest values"), latestBox),
     h(
       "section",
@@ -345,6 +348,7 @@ export function devicePage(deviceId) {
     ),
     h("section", { "aria-labelledby": "raw-h" }, h("h2", { id: "raw-h" }, "Raw readings"), rawForm, rawBox, h("p", { class: "actions" }, rawPrev, rawNext)),
     commands,
+    manage,
   );
 
   async function ready() {
