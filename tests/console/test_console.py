@@ -280,6 +280,13 @@ async def test_rename_labels_rotate_and_reset_from_the_device_page(
     ).json()
     assert (stored["name"], stored["labels"]) == ("Pump 7", {"site": "north", "floor": "2"})
 
+    # Commands (issue 14): the section shows when the server has them, else it stays hidden.
+    probe = await client.get(f"/api/v1/devices/{device.device_id}/commands", headers=owner.headers)
+    if probe.status == 404:
+        await expect(page.locator("#commands")).to_be_hidden()
+    else:
+        await expect(page.locator("#command-form")).to_be_visible()
+
     await page.get_by_role("button", name="Rotate secret").click()
     await page.get_by_role("dialog").get_by_role("button", name="Rotate").click()
     await expect(page.locator("#device-details")).to_contain_text("rekey_pending")
