@@ -68,10 +68,18 @@ export async function logOut() {
   await sessionCall("logout");
 }
 
-// A fresh access token from the cookie; one refresh at a time (the token rotates on use).
+// One refresh at a time across this origin's tabs: the cookie rotates on use, and a second
+// tab presenting the spent one would revoke the whole session (reuse detection). Inside the
+// lock the browser sends whichever cookie is current.
+function exclusively(task) {
+  if (navigator.locks) return navigator.locks.request("iotcore-console-refresh", task);
+  return task();
+}
+
+// A fresh access token from the cookie.
 export async function refresh() {
   if (!refreshing) {
-    refreshing = sessionCall("refresh")
+    refreshing = exclusively(() => sessionCall("refresh"))
       .then((data) => {
         if (session) {
           session.access_token = data.access_token;
