@@ -3,6 +3,7 @@ roles, API keys, escaping, and the session's security properties."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -343,6 +344,25 @@ async def test_users_and_api_keys_pages(client: Client, page: Page) -> None:
     await page.locator("#keys-table").get_by_role("button", name="Revoke").first.click()
     await page.get_by_role("dialog").get_by_role("button", name="Revoke").click()
     await expect(page.locator("#flash")).to_contain_text("Revoked")
+
+
+async def test_two_tabs_refreshing_at_once_stay_logged_in(
+    context: BrowserContext, page: Page, owner_device: tuple[RegisteredUser, Any]
+) -> None:
+    owner, _ = owner_device
+    await log_in(page, owner.email, owner.password)
+    other = await context.new_page()
+    await other.goto("/#/devices")
+    await expect(other.get_by_role("heading", name="Devices")).to_be_visible()
+    # Both tabs refresh with the same cookie at once; unless refreshes are serialised, one
+    # presents a spent token and reuse detection ends the session for both.
+    refresh = """import('/console/assets/js/api.js')
+        .then((api) => api.refresh()).then(() => 'ok', (error) => error.code)"""
+    for _ in range(5):
+        outcomes = await asyncio.gather(page.evaluate(refresh), other.evaluate(refresh))
+        assert outcomes == ["ok", "ok"]
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Devices")).to_be_visible()
 
 
 async def test_phone_width_and_keyboard_log_in(
