@@ -53,3 +53,13 @@ apt_install() {
 port_free() {
   ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
+
+# The TimescaleDB test cluster (ops/services.sh builds it from the vendored source archive).
+TSDB_PORT="${IOT_TIMESCALEDB_PORT:-5433}"
+timescaledb_source() {  # the source archive, or nothing when there is none
+  if [ -n "${IOT_TIMESCALEDB_SOURCE:-}" ]; then
+    [ -f "$IOT_TIMESCALEDB_SOURCE" ] && echo "$IOT_TIMESCALEDB_SOURCE"
+    return 0
+  fi
+  ls "$REPO_ROOT"/../shared/vendor/timescaledb-*.tar.gz 2>/dev/null | sort -V | tail -n1 || true
+}

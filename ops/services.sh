@@ -7,12 +7,13 @@ source "$(dirname "$0")/lib.sh"
 
 DB_NAME="${IOT_DB_NAME:-iotcore}"
 DEV_PASSWORD="${IOT_DEV_DB_PASSWORD:-iotcore-dev}"
+ADMIN_PORT=5432
 
 pg_admin() {  # psql as the postgres superuser: peer auth over the socket when root
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -qAt "$@"
+    runuser -u postgres -- psql -X -p "$ADMIN_PORT" -v ON_ERROR_STOP=1 -qAt "$@"
   else
-    psql -X -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt "$@"
+    psql -X -h 127.0.0.1 -p "$ADMIN_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"
   fi
 }
 
@@ -36,7 +37,8 @@ ensure_postgres() {
   pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL did not come up"; exit 1; }
 }
 
-ensure_roles_and_database() {
+ensure_roles_and_database() {  # [port]: the same roles and database on every cluster
+  ADMIN_PORT="${1:-5432}"
   pg_admin -d postgres <<SQL
 DO \$\$
 BEGIN
@@ -70,6 +72,100 @@ SQL
   fi
 }
 
+# --- TimescaleDB: a second PostgreSQL 15 cluster with the extension preloaded ---------------
+# Built from the vendored source archive (see shared/vendor/README.md) into a copy of the
+# system PostgreSQL tree, so the system cluster never lists an extension it cannot load.
+# The build is reused while the archive and the server version are the same.
+TSDB_HOME="${IOT_TIMESCALEDB_HOME:-/var/lib/iotcore-timescaledb}"
+PG_MAJOR=15
+
+
+# Prints the prefix holding the copy of PostgreSQL with TimescaleDB installed (building it
+# when needed).
+timescaledb_prefix() {
+  local source="$1" server_version key prefix build
+  server_version="$(dpkg-query -W -f='${Version}' "postgresql-$PG_MAJOR")"
+  key="$(sha256sum "$source" | cut -c1-16)-$(echo "$server_version" | tr -c 'A-Za-z0-9.\n' '_')"
+  prefix="$TSDB_HOME/pg$PG_MAJOR-$key"
+  if [ -f "$prefix/.installed" ]; then echo "$prefix"; return; fi
+  local dev_version
+  dev_version="$(dpkg-query -W -f='${Version}' "postgresql-server-dev-$PG_MAJOR" 2>/dev/null || true)"
+  if [ "$dev_version" != "$server_version" ]; then
+    log "installing postgresql-server-dev-$PG_MAJOR=$server_version (headers of the running server)"
+    apt_install "postgresql-server-dev-$PG_MAJOR=$server_version"
+  fi
+  local pkg missing=()
+  for pkg in cmake gcc make libssl-dev libkrb5-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then log "installing ${missing[*]}"; apt_install "${missing[@]}"; fi
+  log "building TimescaleDB from $(basename "$source") into $prefix (a few minutes)"
+  rm -rf "$prefix" "$prefix.build"
+  mkdir -p "$prefix.build" "$prefix/usr/lib/postgresql" "$prefix/usr/share/postgresql"
+  tar -xzf "$source" -C "$prefix.build" --strip-components=1
+  # The server finds its share and lib folders relative to its binary: a copy of both trees
+  # is a PostgreSQL of its own, and `make install DESTDIR` fills the copy.
+  cp -a "/usr/lib/postgresql/$PG_MAJOR" "$prefix/usr/lib/postgresql/"
+  cp -a "/usr/share/postgresql/$PG_MAJOR" "$prefix/usr/share/postgresql/"
+  build="$prefix.build"
+  (
+    cd "$build"
+    ./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
+      -DPG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >"$build/bootstrap.log" 2>&1
+    cd build
+    make -j"$(nproc)" >"$build/make.log" 2>&1
+    make install DESTDIR="$prefix" >"$build/install.log" 2>&1
+  ) || { log "TimescaleDB build failed: see $build/*.log"; exit 1; }
+  rm -rf "$build"
+  echo "$source $server_version" >"$prefix/.installed"
+  echo "$prefix"
+}
+
+ensure_timescaledb() {
+  local source prefix bin data
+  source="$(timescaledb_source)"
+  if [ -z "$source" ]; then
+    log "TimescaleDB: no source archive (IOT_TIMESCALEDB_SOURCE or ../shared/vendor/timescaledb-*.tar.gz): native storage only"
+    return 0
+  fi
+  prefix="$(timescaledb_prefix "$source")"
+  bin="$prefix/usr/lib/postgresql/$PG_MAJOR/bin"
+  data="$TSDB_HOME/data-$PG_MAJOR"
+  # A cluster started from another build (older archive or server) is restarted on this one.
+  if pg_isready -q -h 127.0.0.1 -p "$TSDB_PORT"; then
+    if [ "$(cat "$data/iotcore-prefix" 2>/dev/null)" = "$prefix" ]; then
+      ensure_roles_and_database "$TSDB_PORT"
+      TSDB_READY=1
+      return 0
+    fi
+    log "restarting the TimescaleDB cluster on the new build"
+    runuser -u postgres -- "$(cat "$data/iotcore-prefix")/usr/lib/postgresql/$PG_MAJOR/bin/pg_ctl" \
+      -D "$data" -m fast -w stop || true
+  fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating the TimescaleDB cluster (port $TSDB_PORT)"
+    mkdir -p "$data"; chown postgres:postgres "$TSDB_HOME" "$data"; chmod 700 "$data"
+    runuser -u postgres -- "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 \
+      --locale=C.UTF-8 >/dev/null
+    cat >>"$data/postgresql.conf" <<CONF
+# iotcore: the TimescaleDB test cluster (ops/services.sh)
+port = $TSDB_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '/var/run/postgresql'
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+max_connections = 200
+max_locks_per_transaction = 256
+CONF
+  fi
+  echo "$prefix" >"$data/iotcore-prefix"
+  mkdir -p /var/run/postgresql; chown postgres:postgres /var/run/postgresql
+  log "starting the TimescaleDB cluster on port $TSDB_PORT"
+  runuser -u postgres -- "$bin/pg_ctl" -D "$data" -l "$TSDB_HOME/postgresql-$PG_MAJOR.log" -w start >/dev/null
+  ensure_roles_and_database "$TSDB_PORT"
+  TSDB_READY=1
+}
+
 ensure_redis() {
   if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
   if ! command -v redis-server >/dev/null 2>&1; then
@@ -97,6 +193,12 @@ ensure_mosquitto() {
 
 ensure_postgres
 ensure_roles_and_database
+# IOT_TIMESCALEDB=0 skips the TimescaleDB cluster (native storage only).
+TSDB_READY=""
+if [ "${IOT_TIMESCALEDB:-1}" != "0" ]; then ensure_timescaledb; fi
 ensure_redis
 if [ "${1:-}" != "--no-mqtt" ]; then ensure_mosquitto; fi
 log "services ready: PostgreSQL 127.0.0.1:5432 (database $DB_NAME), Redis 127.0.0.1:6379"
+if [ -n "$TSDB_READY" ]; then
+  log "TimescaleDB: PostgreSQL $PG_MAJOR with TimescaleDB on 127.0.0.1:$TSDB_PORT (database $DB_NAME)"
+fi

@@ -47,6 +47,9 @@ SUPERUSER_URL = os.environ.get(
     "IOT_TEST_SUPERUSER_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("IOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# ops/test.sh says which storage a run is for; "timescaledb" makes a server without the
+# extension an error instead of a silent second native run.
+STORAGE = os.environ.get("IOT_TEST_STORAGE", "")
 CONTAINER_MQTT_URL: str | None = None
 if docker_engine_available():
     _urls = start_containers()
@@ -80,6 +83,8 @@ async def _enable_timescaledb(database: str) -> None:
     try:
         conn = await asyncpg.connect(with_database(SUPERUSER_URL, database))
     except (OSError, asyncpg.PostgresError):
+        if STORAGE == "timescaledb":
+            raise
         return  # no superuser access: the native-partitioning path is tested
     try:
         available = await conn.fetchval(
@@ -87,8 +92,42 @@ async def _enable_timescaledb(database: str) -> None:
         )
         if available:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        elif STORAGE == "timescaledb":
+            raise RuntimeError("IOT_TEST_STORAGE=timescaledb but the server has no TimescaleDB")
     finally:
         await conn.close()
+
+
+async def _close_template(database: str) -> None:
+    """TimescaleDB's scheduler keeps a connection to every database that allows them, and
+    CREATE DATABASE ... TEMPLATE refuses a source with other sessions: the template stops
+    accepting connections (the launcher skips such databases) and the scheduler already
+    connected is ended."""
+    await _admin(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
+    try:
+        conn = await asyncpg.connect(with_database(SUPERUSER_URL, "postgres"))
+    except (OSError, asyncpg.PostgresError):
+        return  # no superuser: no TimescaleDB either (it is enabled as the superuser)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            database,
+        )
+    finally:
+        await conn.close()
+
+
+async def _copy_template(template: str, name: str) -> None:
+    # A scheduler may still be on its way out of the template: retry for a while.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await _admin(f"CREATE DATABASE {name} TEMPLATE {template}")
+            return
+        except asyncpg.ObjectInUseError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +138,7 @@ def template_database() -> Iterator[str]:
     asyncio.run(_enable_timescaledb(name))
     try:
         Migrator(with_database(OWNER_URL, name), REPO_ROOT / "migrations").up()
+        asyncio.run(_close_template(name))
         yield name
     finally:
         asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -107,7 +147,7 @@ def template_database() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def database(template_database: str) -> Iterator[str]:
     name = f"iotcore_t_{RUN_ID}_{next(_database_numbers)}"
-    asyncio.run(_admin(f"CREATE DATABASE {name} TEMPLATE {template_database}"))
+    asyncio.run(_copy_template(template_database, name))
     try:
         yield name
     finally:
