@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # Telemetry
     telemetry_retention_days: int = Field(default=365, ge=1)
     telemetry_compress_after_days: int = Field(default=7, ge=1)
+    # How often `maintain` refreshes the rollup hours that changed (and the schedule of
+    # TimescaleDB's background refresh policies).
+    telemetry_rollup_refresh_s: int = Field(default=60, ge=1)
     telemetry_max_points: int = Field(default=1000, ge=1)
     telemetry_max_metrics_per_point: int = Field(default=100, ge=1)
     telemetry_max_past_s: int = Field(default=30 * 86400, ge=0)

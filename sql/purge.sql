@@ -12,6 +12,14 @@ WITH batch AS (
     DELETE FROM telemetry t USING batch b
     WHERE t.device_id = b.device_id AND t.metric = b.metric AND t.ts = b.ts
     RETURNING t.ts
+), marked AS (
+    -- The rollups' hours (migrations/0012): refreshed without these rows by maintain.
+    INSERT INTO telemetry_rollup_dirty AS d (tenant_id, hour)
+    SELECT DISTINCT $1::uuid,
+           date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')
+    FROM gone
+    ORDER BY 2
+    ON CONFLICT (tenant_id, hour) DO UPDATE SET version = d.version + 1
 )
 SELECT count(*) AS deleted, min(ts) AS first_ts, max(ts) AS last_ts FROM gone
 
@@ -23,6 +31,14 @@ WITH batch AS (
     DELETE FROM telemetry t USING batch b
     WHERE t.device_id = b.device_id AND t.metric = b.metric AND t.ts = b.ts
     RETURNING t.ts
+), marked AS (
+    -- The rollups' hours (migrations/0012): refreshed without these rows by maintain.
+    INSERT INTO telemetry_rollup_dirty AS d (tenant_id, hour)
+    SELECT DISTINCT $1::uuid,
+           date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')
+    FROM gone
+    ORDER BY 2
+    ON CONFLICT (tenant_id, hour) DO UPDATE SET version = d.version + 1
 )
 SELECT count(*) AS deleted, min(ts) AS first_ts, max(ts) AS last_ts FROM gone
 
@@ -70,7 +86,8 @@ FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
 WHERE n.nspname = 'public' AND c.relkind = 'r' AND NOT c.relispartition
-  AND c.relname NOT IN ('tenants', 'jobs', 'devices', 'telemetry', 'users')
+  AND c.relname NOT IN ('tenants', 'jobs', 'devices', 'telemetry', 'users',
+                        'telemetry_rollup_dirty')
 ORDER BY 1
 
 -- name: purge_rows

@@ -37,6 +37,16 @@ WITH r AS (
         DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
         WHERE l.ts < EXCLUDED.ts
     RETURNING tenant_id, device_id, metric, ts, value
+), dirty AS (
+    -- The hours whose rollups are now stale (migrations/0012): maintain refreshes them, and
+    -- the aggregate endpoint reads them from the raw rows until then. Upserted in order,
+    -- and the version bump locks each mark until this transaction commits.
+    INSERT INTO telemetry_rollup_dirty_v AS m (tenant_id, hour)
+    SELECT DISTINCT app_tenant_id(),
+           date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')
+    FROM ins
+    ORDER BY 2
+    ON CONFLICT (tenant_id, hour) DO UPDATE SET version = m.version + 1
 )
 SELECT
     (SELECT count(*) FROM ins) AS stored,
@@ -71,3 +81,30 @@ SELECT telemetry_drop_partitions($1)
 
 -- name: prune_rejects
 DELETE FROM ingest_rejects WHERE received_at < now() - make_interval(days => $1)
+
+-- name: apply_policies
+SELECT telemetry_apply_policies($1, $2, $3)
+
+-- name: drop_rollups
+SELECT telemetry_rollup_drop($1)
+
+-- name: timescaledb
+SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')
+
+-- name: rollup_marks
+-- The oldest marks first; see migrations/0012 for the protocol.
+SELECT tenant_id, hour, version FROM telemetry_rollup_dirty ORDER BY hour, tenant_id LIMIT $1
+
+-- name: rollup_recompute
+SELECT telemetry_rollup_recompute($1, $2)
+
+-- name: rollup_unmark
+-- Only the marks still at the version that was read, and none a writer holds (it is
+-- bumping the version): those stay for the next refresh, which is never waited for.
+DELETE FROM telemetry_rollup_dirty d
+USING (
+    SELECT tenant_id, hour FROM telemetry_rollup_dirty
+    WHERE (tenant_id, hour, version) IN (SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]))
+    FOR UPDATE SKIP LOCKED
+) s
+WHERE d.tenant_id = s.tenant_id AND d.hour = s.hour

@@ -1,5 +1,5 @@
 -- Dashboard reads. Every query runs in a transaction with app.tenant_id set, through
--- telemetry_v (and telemetry_hourly_v on TimescaleDB) and the RLS-protected tables.
+-- telemetry_v (and the rollups' views) and the RLS-protected tables.
 --
 -- Raw pages and aggregates come back as JSON text built here, one row or bucket per line
 -- ("j"), spliced into the response as is: formatting a thousand timestamps and objects in
@@ -97,15 +97,41 @@ FROM (
 ) buckets
 ORDER BY bucket
 
--- name: hourly_available
--- The hourly continuous aggregate's view exists only on TimescaleDB (migration 0005).
-SELECT to_regclass('telemetry_hourly_v') IS NOT NULL
-
--- name: aggregate_hourly
--- Buckets of whole hours on TimescaleDB: the whole hours of the window from the hourly
--- continuous aggregate (real-time, so the newest hours come from the raw rows), the partial
--- hours at either edge ([$4, $11) and [$12, $5)) from the raw rows, rolled up into the
--- requested bucket. Only when $11 <= $12 (the window spans at least one whole hour).
+-- name: aggregate_rollup
+-- Buckets of whole hours or days, from the rollups (migrations/0012) where they are
+-- complete: [$11, $12) is the whole hours of the window at or after the retention horizon,
+-- [$13, $14) its whole days when the bucket is made of days (else empty). An hour marked in
+-- telemetry_rollup_dirty (written since its last refresh) comes from the raw rows, and so do
+-- its day's other hours instead of the daily row; the edges [$4, $11) and [$12, $5) too.
+WITH dirty AS MATERIALIZED (
+    SELECT hour, date_bin(INTERVAL '1 day', hour, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS day
+    FROM telemetry_rollup_dirty_v
+    WHERE hour >= $11 AND hour < $12
+), parts AS (
+    SELECT bucket AS t, sum, count, min, max FROM telemetry_daily_v
+    WHERE device_id = $1 AND metric = $2 AND bucket >= $13 AND bucket < $14
+      AND bucket NOT IN (SELECT day FROM dirty)
+    UNION ALL
+    SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
+    WHERE device_id = $1 AND metric = $2 AND bucket >= $11 AND bucket < $12
+      AND (bucket < $13 OR bucket >= $14
+           OR date_bin(INTERVAL '1 day', bucket, TIMESTAMPTZ '2000-01-03 00:00:00+00')
+              IN (SELECT day FROM dirty))
+      AND bucket NOT IN (SELECT hour FROM dirty)
+    UNION ALL
+    SELECT date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
+           sum(value), count(*), min(value), max(value)
+    FROM telemetry_v
+    WHERE device_id = $1 AND metric = $2
+      AND ((ts >= $4 AND ts < $11) OR (ts >= $12 AND ts < $5))
+    GROUP BY 1
+    UNION ALL
+    SELECT d.hour, sum(r.value), count(*), min(r.value), max(r.value)
+    FROM dirty d
+    JOIN telemetry_v r ON r.device_id = $1 AND r.metric = $2
+                      AND r.ts >= d.hour AND r.ts < d.hour + INTERVAL '1 hour'
+    GROUP BY 1
+)
 SELECT '{"ts":"' || to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || '"'
        || CASE WHEN $6 THEN ',"avg":' || (sum / count)::text ELSE '' END
        || CASE WHEN $7 THEN ',"min":' || min::text ELSE '' END
@@ -114,19 +140,9 @@ SELECT '{"ts":"' || to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.
        || CASE WHEN $10 THEN ',"count":' || count::text ELSE '' END
        || '}' AS j
 FROM (
-    SELECT date_bin($3::interval, hour, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
+    SELECT date_bin($3::interval, t, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
            sum(sum) AS sum, sum(count)::bigint AS count, min(min) AS min, max(max) AS max
-    FROM (
-        SELECT bucket AS hour, sum, count, min, max FROM telemetry_hourly_v
-        WHERE device_id = $1 AND metric = $2 AND bucket >= $11 AND bucket < $12
-        UNION ALL
-        SELECT date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
-               sum(value), count(*), min(value), max(value)
-        FROM telemetry_v
-        WHERE device_id = $1 AND metric = $2
-          AND ((ts >= $4 AND ts < $11) OR (ts >= $12 AND ts < $5))
-        GROUP BY 1
-    ) hours
+    FROM parts
     GROUP BY 1
 ) buckets
 ORDER BY bucket

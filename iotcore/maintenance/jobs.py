@@ -1,5 +1,6 @@
 """Periodic jobs, run as the owner role: daily partitions ahead and retention (native
-partitioning; on TimescaleDB, chunk retention), expired refresh tokens, reject pruning."""
+partitioning; on TimescaleDB, chunk retention), the TimescaleDB policies from the settings,
+the rollups' refresh (migrations/0012), expired refresh tokens, reject pruning."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -25,6 +27,12 @@ AUTH_SQL = queries("auth")
 REPORT_SQL = queries("maintenance")
 INTERVAL_S = 3600
 RETRY_S = 60
+MARKS_PER_ROUND = 2000
+MAX_ROUNDS = 50
+# One refresher at a time (two could commit a day's rollup out of order).
+REFRESH_LOCK = 0x10C0_0007
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class MaintenanceReport:
     rejects_pruned: int
     refresh_tokens_pruned: int
     default_partition_rows: int
+    policies_changed: list[str]
+    rollup_hours_refreshed: int
 
 
 @dataclass
@@ -47,23 +57,103 @@ class MaintenanceStatus:
             raise RuntimeError(f"last maintenance pass failed: {self.last_error}")
 
 
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    return await asyncpg.connect(settings.database_owner_url, timeout=settings.database_timeout_s)
+
+
 async def run_once(settings: Settings) -> MaintenanceReport:
-    conn = await asyncpg.connect(settings.database_owner_url, timeout=settings.database_timeout_s)
+    conn = await _connect(settings)
     try:
         created = await conn.fetchval(SQL["ensure_partitions"], settings.partitions_ahead_days + 1)
         dropped = await conn.fetchval(SQL["drop_partitions"], settings.telemetry_retention_days)
+        await conn.execute(SQL["drop_rollups"], settings.telemetry_retention_days)
+        changed = await conn.fetchval(
+            SQL["apply_policies"],
+            settings.telemetry_retention_days,
+            settings.telemetry_compress_after_days,
+            settings.telemetry_rollup_refresh_s,
+        )
         pruned = await conn.execute(SQL["prune_rejects"], settings.reject_retention_days)
         tokens = await conn.execute(AUTH_SQL["prune_refresh_tokens"])
         default_rows = 0
         if await conn.fetchval(REPORT_SQL["default_partition_exists"]):
             default_rows = await conn.fetchval(REPORT_SQL["default_partition_rows"])
+        refreshed = await refresh_rollups(conn)
     finally:
         await conn.close()
+    if changed:
+        log.info("telemetry policies applied", extra={"changed": list(changed)})
     report = MaintenanceReport(
-        created, dropped, int(pruned.split()[-1]), int(tokens.split()[-1]), default_rows
+        created,
+        dropped,
+        int(pruned.split()[-1]),
+        int(tokens.split()[-1]),
+        default_rows,
+        list(changed),
+        refreshed,
     )
     log.info("maintenance done", extra=report.__dict__)
     return report
+
+
+def _ranges(starts: list[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
+    """Contiguous [start, end) ranges covering the given bucket starts."""
+    ranges: list[tuple[datetime, datetime]] = []
+    for start in sorted(set(starts)):
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], start + step)
+        else:
+            ranges.append((start, start + step))
+    return ranges
+
+
+def _day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+async def refresh_rollups(conn: asyncpg.Connection) -> int:
+    """Refresh the hours marked by the writer (and purges, bulk loads, migrations), then
+    unmark those no writer touched meanwhile. Returns how many marks were cleared."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REFRESH_LOCK):
+        return 0  # another maintain is at it
+    try:
+        timescale = await conn.fetchval(SQL["timescaledb"])
+        cleared = 0
+        for _ in range(MAX_ROUNDS):
+            marks = await conn.fetch(SQL["rollup_marks"], MARKS_PER_ROUND)
+            if not marks:
+                break
+            tenants = [m["tenant_id"] for m in marks]
+            hours = [m["hour"] for m in marks]
+            if timescale:
+                for start, end in _ranges(hours, HOUR):
+                    await conn.execute(SQL["refresh_hourly"], start, end)
+                for start, end in _ranges([_day(h) for h in hours], DAY):
+                    await conn.execute(SQL["refresh_daily"], start, end)
+            else:
+                async with conn.transaction():
+                    await conn.execute(SQL["rollup_recompute"], tenants, hours)
+            status = await conn.execute(
+                SQL["rollup_unmark"], tenants, hours, [m["version"] for m in marks]
+            )
+            cleared += int(status.split()[-1])
+            if len(marks) < MARKS_PER_ROUND:
+                break
+        return cleared
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", REFRESH_LOCK)
+
+
+async def refresh_rollups_once(settings: Settings) -> None:
+    """Between full passes: only the rollups (a failure waits for the next round)."""
+    try:
+        conn = await _connect(settings)
+        try:
+            await refresh_rollups(conn)
+        finally:
+            await conn.close()
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("rollup refresh failed; will retry", extra={"error": str(exc)})
 
 
 async def run_observed(settings: Settings, status: MaintenanceStatus) -> MaintenanceReport | None:
@@ -92,4 +182,9 @@ async def run_forever(settings: Settings, status: MaintenanceStatus | None = Non
         MAINTENANCE_RUNS.labels(outcome)  # both series exist from the start, at 0
     while True:
         report = await run_observed(settings, status)
-        await asyncio.sleep(INTERVAL_S if report is not None else RETRY_S)
+        # Until the next full pass, the rollups every IOT_TELEMETRY_ROLLUP_REFRESH_S.
+        next_pass = time.monotonic() + (INTERVAL_S if report is not None else RETRY_S)
+        while (wait := next_pass - time.monotonic()) > 0:
+            await asyncio.sleep(min(wait, settings.telemetry_rollup_refresh_s))
+            if time.monotonic() < next_pass:
+                await refresh_rollups_once(settings)

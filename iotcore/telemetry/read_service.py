@@ -15,7 +15,6 @@ from aiohttp import web
 from iotcore.auth.principal import UserPrincipal
 from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
-from iotcore.platform.db import Connection
 from iotcore.platform.errors import NotFound, ValidationFailed
 from iotcore.platform.pagination import decode_cursor, encode_cursor
 from iotcore.platform.sql import queries
@@ -39,6 +38,7 @@ MAX_BUCKETS = 10_000
 # incoming readings: nothing can still land in it except late replays.
 PAST_MARGIN = timedelta(minutes=5)
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 
@@ -62,12 +62,41 @@ def time_range(window: Window, max_days: int) -> TimeRange:
     return TimeRange(start, end)
 
 
-def _whole_hours(span: TimeRange) -> tuple[datetime, datetime]:
-    """The first and the last whole-hour boundary inside the window."""
-    floor_start = ORIGIN + (span.start - ORIGIN) // HOUR * HOUR
-    first = floor_start if floor_start == span.start else floor_start + HOUR
-    last = ORIGIN + (span.end - ORIGIN) // HOUR * HOUR
-    return first, last
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    return ORIGIN + (moment - ORIGIN) // step * step
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    floor = _floor(moment, step)
+    return floor if floor == moment else floor + step
+
+
+@dataclass(frozen=True)
+class RollupSpan:
+    """Where the rollups answer: whole hours [first_hour, last_hour), and whole days
+    [first_day, last_day) inside them (empty unless the bucket is made of days)."""
+
+    first_hour: datetime
+    last_hour: datetime
+    first_day: datetime
+    last_day: datetime
+
+
+def rollup_span(span: TimeRange, bucket: timedelta, retention_days: int) -> RollupSpan | None:
+    """None when no rollup can serve: the bucket is not whole hours, or the window holds no
+    whole hour newer than the retention horizon (older rollups may outlive their raw rows
+    until the next retention run, so the raw rows answer there)."""
+    if bucket % HOUR != timedelta(0):
+        return None
+    horizon = _floor(datetime.now(UTC) - timedelta(days=retention_days), DAY) + DAY
+    first_hour = max(_ceil(span.start, HOUR), horizon)
+    last_hour = _floor(span.end, HOUR)
+    if first_hour >= last_hour:
+        return None
+    first_day, last_day = _ceil(first_hour, DAY), _floor(last_hour, DAY)
+    if bucket % DAY != timedelta(0) or first_day >= last_day:
+        first_day = last_day = first_hour
+    return RollupSpan(first_hour, last_hour, first_day, last_day)
 
 
 class TelemetryReader:
@@ -77,7 +106,7 @@ class TelemetryReader:
         self._redis = platform.redis
         self._registry = registry
         self._max_days = platform.settings.telemetry_max_range_days
-        self._hourly: bool | None = None  # TimescaleDB's hourly aggregate; looked up once
+        self._retention_days = platform.settings.telemetry_retention_days
 
     async def ensure_visible(self, principal: UserPrincipal, device_id: UUID) -> None:
         """404 unless the device is claimed by the caller's tenant. The registry's short-TTL
@@ -202,23 +231,21 @@ class TelemetryReader:
         wanted = set(query.fn.split(","))
         flags = [fn in wanted for fn in FUNCTIONS]
         await self.ensure_history_visible(principal, device_id)
+        rollups = rollup_span(span, bucket, self._retention_days)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            first_hour, last_hour = _whole_hours(span)
-            if (
-                bucket % HOUR == timedelta(0)
-                and first_hour < last_hour
-                and await self._has_hourly(conn)
-            ):
+            if rollups is not None:
                 rows = await conn.fetch(
-                    SQL["aggregate_hourly"],
+                    SQL["aggregate_rollup"],
                     device_id,
                     query.metric,
                     bucket,
                     span.start,
                     span.end,
                     *flags,
-                    first_hour,
-                    last_hour,
+                    rollups.first_hour,
+                    rollups.last_hour,
+                    rollups.first_day,
+                    rollups.last_day,
                 )
             else:
                 rows = await conn.fetch(
@@ -227,11 +254,6 @@ class TelemetryReader:
         head = orjson.dumps({"metric": query.metric, "bucket": query.bucket})[:-1]
         items = ",".join([r["j"] for r in rows]).encode()
         return head + b',"items":[' + items + b"]}"
-
-    async def _has_hourly(self, conn: Connection) -> bool:
-        if self._hourly is None:
-            self._hourly = bool(await conn.fetchval(SQL["hourly_available"]))
-        return self._hourly
 
     # ------------------------------------------------------------------ ETags
 

@@ -23,11 +23,17 @@ BASE = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # a Monday, wholly in the past
 async def insert(
     owner_conn: Any, tenant: Any, device: str, metric: str, points: list[tuple[datetime, float]]
 ) -> None:
-    """Rows as the writer stores them: the readings, and the last one in telemetry_latest."""
+    """Rows as the writer stores them: the readings, their hours marked for the rollups, and
+    the last one in telemetry_latest."""
     tenant_id, device_id = uuid.UUID(str(tenant)), uuid.UUID(device)
     await owner_conn.executemany(
         "INSERT INTO telemetry VALUES ($1, $2, $3, $4, $5)",
         [(tenant_id, device_id, metric, ts, v) for ts, v in points],
+    )
+    await owner_conn.execute(
+        "SELECT telemetry_rollup_mark($1, $2)",
+        min(points)[0],
+        max(points)[0] + timedelta(microseconds=1),
     )
     ts, value = max(points)
     await owner_conn.execute(
@@ -374,6 +380,7 @@ async def test_no_read_plans_a_sequential_scan(
         start,
         devices,
     )
+    await owner_conn.execute("SELECT telemetry_rollup_mark($1, NULL)", start)
     await owner_conn.execute("ANALYZE telemetry")
     from iotcore.platform.sql import queries
 

@@ -1,0 +1,266 @@
+"""Hourly and daily rollups (migrations/0007), on both storages: the aggregate endpoint reads
+them for whole hours and days, the raw rows for the edges and for every hour written since
+its last refresh, and after `maintain` they equal date_bin over the raw rows, whatever
+happened: history present when the migration ran (down/up), late readings through the
+writer (into a compressed chunk on TimescaleDB), a purge."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from iotcore.config import Settings
+from iotcore.maintenance.jobs import refresh_rollups, run_once
+from iotcore.platform.migrations import Migrator
+from tests.conftest import OWNER_URL, REPO_ROOT, with_database
+from tests.support.devices import DeviceCredentials, claimed_device
+from tests.support.telemetry import post_telemetry
+from tests.support.users import RegisteredUser, register
+
+Client = TestClient  # type: ignore[type-arg]
+ORIGIN = "TIMESTAMPTZ '2000-01-03 00:00:00+00'"
+# Three whole days, 20 days ago: inside the 30 accepted days, older than compression's 7.
+DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
+
+
+async def is_timescale(conn: Any) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"
+        )
+    )
+
+
+async def add_rows(
+    owner_conn: Any,
+    tenant: Any,
+    device: str,
+    points: list[tuple[datetime, float]],
+    *,
+    mark: bool = True,
+) -> None:
+    """Rows inserted as the owner (a bulk load); marked for the rollups unless told not to."""
+    await owner_conn.executemany(
+        "INSERT INTO telemetry VALUES ($1, $2, 'temp', $3, $4)",
+        [(uuid.UUID(str(tenant)), uuid.UUID(device), ts, v) for ts, v in points],
+    )
+    if mark:
+        await owner_conn.execute(
+            "SELECT telemetry_rollup_mark($1, $2)",
+            min(points)[0],
+            max(points)[0] + timedelta(microseconds=1),
+        )
+
+
+async def aggregate(
+    client: Client, owner: RegisteredUser, device: DeviceCredentials, **params: str
+) -> Any:
+    response = await client.get(
+        f"/api/v1/devices/{device.device_id}/telemetry/aggregate",
+        params={"metric": "temp", "fn": "sum,count,min,max", **params},
+        headers=owner.headers,
+    )
+    assert response.status == 200, await response.text()
+    return (await response.json())["items"]
+
+
+async def raw_buckets(
+    owner_conn: Any, device: str, bucket: str, start: datetime, end: datetime
+) -> Any:
+    """What the endpoint must answer: date_bin over the raw rows."""
+    rows = await owner_conn.fetch(
+        f"SELECT date_bin($2::text::interval, ts, {ORIGIN}) AS b, sum(value) AS sum, "
+        "count(*) AS count, min(value) AS min, max(value) AS max FROM telemetry "
+        "WHERE device_id = $1 AND metric = 'temp' AND ts >= $3 AND ts < $4 GROUP BY 1 ORDER BY 1",
+        uuid.UUID(device),
+        bucket,
+        start,
+        end,
+    )
+    return [
+        {
+            "ts": r["b"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "sum": r["sum"],
+            "count": r["count"],
+            "min": r["min"],
+            "max": r["max"],
+        }
+        for r in rows
+    ]
+
+
+async def rollups_match_raw(owner_conn: Any) -> None:
+    """Every materialised hourly and daily row equals date_bin over the raw rows, both ways."""
+    for table, width in (("telemetry_hourly", "1 hour"), ("telemetry_daily", "1 day")):
+        diff = await owner_conn.fetch(
+            f"""
+            WITH raw AS (
+                SELECT tenant_id, device_id, metric, date_bin('{width}', ts, {ORIGIN}) AS bucket,
+                       sum(value) AS sum, count(*) AS count, min(value) AS min, max(value) AS max
+                FROM telemetry GROUP BY 1, 2, 3, 4
+            ), rolled AS (
+                SELECT tenant_id, device_id, metric, bucket, sum, count, min, max FROM {table}
+            )
+            (SELECT 'missing' AS what, * FROM (TABLE raw EXCEPT TABLE rolled) a)
+            UNION ALL
+            (SELECT 'extra', * FROM (TABLE rolled EXCEPT TABLE raw) b)
+            LIMIT 5
+            """
+        )
+        assert diff == [], f"{table}: {[dict(r) for r in diff]}"
+
+
+@pytest.fixture(scope="module")
+async def device(
+    client: Client, settings: Settings, owner_conn: Any
+) -> tuple[RegisteredUser, DeviceCredentials]:
+    owner = await register(client)
+    claimed = await claimed_device(client, settings, owner)
+    await owner_conn.execute("SELECT telemetry_ensure_partitions($1, 4)", DAY0.date())
+    # One point every 10 minutes for 3 days; integer values, so sums are exact.
+    await add_rows(
+        owner_conn,
+        owner.tenant_id,
+        claimed.device_id,
+        [(DAY0 + timedelta(minutes=10 * i), float(i)) for i in range(3 * 144)],
+    )
+    assert await refresh_rollups(owner_conn) >= 72
+    return owner, claimed
+
+
+async def test_whole_hours_and_days_come_from_the_rollups_and_the_rest_from_raw_rows(
+    client: Client, owner_conn: Any, device: Any
+) -> None:
+    owner, claimed = device
+    window = {
+        "from": (DAY0 + timedelta(minutes=30)).isoformat(),
+        "to": (DAY0 + timedelta(days=2, hours=23, minutes=30)).isoformat(),
+    }
+    start, end = DAY0 + timedelta(minutes=30), DAY0 + timedelta(days=2, hours=23, minutes=30)
+    for bucket, iso in (("1 hour", "1h"), ("1 day", "1d"), ("3 hours", "PT3H")):
+        assert await aggregate(client, owner, claimed, bucket=iso, **window) == await raw_buckets(
+            owner_conn, claimed.device_id, bucket, start, end
+        ), bucket
+    # A row slipped in without a mark (nothing in the service does this) inside a whole hour
+    # of a whole day: the hourly and daily answers do not see it, which proves they came from
+    # the rollups; sub-hour buckets read the raw rows and do.
+    slipped = DAY0 + timedelta(days=1, hours=5, minutes=5)
+    await add_rows(owner_conn, owner.tenant_id, claimed.device_id, [(slipped, 1000.0)], mark=False)
+    hourly = await aggregate(client, owner, claimed, bucket="1h", **window)
+    daily = await aggregate(client, owner, claimed, bucket="1d", **window)
+    assert max(b["max"] for b in hourly) < 1000 and max(b["max"] for b in daily) < 1000
+    quarter = await aggregate(client, owner, claimed, bucket="15m", **window)
+    assert max(b["max"] for b in quarter) == 1000.0
+    # Once its hour is marked (as every write path does), the raw rows answer that hour and
+    # that day at once, before any refresh.
+    await owner_conn.execute(
+        "SELECT telemetry_rollup_mark($1, $2)", slipped, slipped + timedelta(microseconds=1)
+    )
+    for bucket, iso in (("1 hour", "1h"), ("1 day", "1d")):
+        expected = await raw_buckets(owner_conn, claimed.device_id, bucket, start, end)
+        assert await aggregate(client, owner, claimed, bucket=iso, **window) == expected
+        assert max(b["max"] for b in expected) == 1000.0
+    # The refresh takes the hour into the rollups and clears the mark.
+    assert await refresh_rollups(owner_conn) >= 1
+    assert not await owner_conn.fetchval(
+        "SELECT count(*) FROM telemetry_rollup_dirty WHERE tenant_id = $1", owner.tenant_id
+    )
+    for bucket, iso in (("1 hour", "1h"), ("1 day", "1d")):
+        expected = await raw_buckets(owner_conn, claimed.device_id, bucket, start, end)
+        assert await aggregate(client, owner, claimed, bucket=iso, **window) == expected
+    await rollups_match_raw(owner_conn)
+
+
+async def test_rollups_equal_raw_rows_after_history_late_readings_and_a_purge(
+    client: Client, settings: Settings, database: str, owner_conn: Any, device: Any
+) -> None:
+    owner, claimed = device
+    # History: the rollup migration rolled back and applied again over the rows already there.
+    migrator = Migrator(with_database(OWNER_URL, database), REPO_ROOT / "migrations")
+    await asyncio.to_thread(migrator.down, 1)
+    await asyncio.to_thread(migrator.up)
+    window = {"from": DAY0.isoformat(), "to": (DAY0 + timedelta(days=3)).isoformat()}
+    expected_daily = await raw_buckets(
+        owner_conn, claimed.device_id, "1 day", DAY0, DAY0 + timedelta(days=3)
+    )
+    # Every hour is marked: the endpoint answers from the raw rows until the refresh.
+    assert await aggregate(client, owner, claimed, bucket="1d", **window) == expected_daily
+    await run_once(settings)
+    await rollups_match_raw(owner_conn)
+    assert await aggregate(client, owner, claimed, bucket="1d", **window) == expected_daily
+
+    timescale = await is_timescale(owner_conn)
+    if timescale:
+        compressed = await owner_conn.fetchval(
+            "SELECT count(compress_chunk(c, if_not_compressed => true)) "
+            "FROM show_chunks('telemetry', older_than => now() - INTERVAL '7 days') c"
+        )
+        assert compressed >= 3
+    # Late readings through the writer, 19 days old: a new one and a replay of a stored one.
+    late = DAY0 + timedelta(days=1, hours=7, minutes=3)
+    replay = DAY0 + timedelta(days=1, hours=7)  # stored above with value 186
+    body = {
+        "points": [
+            {"ts": late.isoformat(), "metrics": {"temp": 5000}},
+            {"ts": replay.isoformat(), "metrics": {"temp": 7}},
+        ]
+    }
+    response = await post_telemetry(client, claimed, body)
+    assert response.status == 202, await response.text()
+    result = await response.json()
+    assert (result["stored"], result["duplicates"]) == (1, 1)
+    stored = await owner_conn.fetch(
+        "SELECT ts, value FROM telemetry WHERE device_id = $1 AND ts IN ($2, $3) ORDER BY ts",
+        uuid.UUID(claimed.device_id),
+        replay,
+        late,
+    )
+    assert [(r["ts"], r["value"]) for r in stored] == [(replay, 186.0), (late, 5000.0)]
+    if timescale:
+        chunk_compressed = await owner_conn.fetchval(
+            "SELECT is_compressed FROM timescaledb_information.chunks "
+            "WHERE hypertable_name = 'telemetry' AND range_start <= $1 AND range_end > $1",
+            late,
+        )
+        assert chunk_compressed, "the late reading was meant to land in a compressed chunk"
+    # The writer marked the hour in the same transaction: answered from raw rows at once.
+    hour = late.replace(minute=0)
+    assert await owner_conn.fetchval(
+        "SELECT count(*) FROM telemetry_rollup_dirty WHERE tenant_id = $1 AND hour = $2",
+        owner.tenant_id,
+        hour,
+    )
+    expected_daily = await raw_buckets(
+        owner_conn, claimed.device_id, "1 day", DAY0, DAY0 + timedelta(days=3)
+    )
+    assert max(b["max"] for b in expected_daily) == 5000.0
+    assert await aggregate(client, owner, claimed, bucket="1d", **window) == expected_daily
+    await refresh_rollups(owner_conn)
+    await rollups_match_raw(owner_conn)
+    assert await aggregate(client, owner, claimed, bucket="1d", **window) == expected_daily
+
+    # A purge of another device of the tenant: its rows leave the rollups with the refresh.
+    second = uuid.uuid4()
+    await add_rows(owner_conn, owner.tenant_id, str(second), [(DAY0 + timedelta(hours=2), 3.0)])
+    await refresh_rollups(owner_conn)
+    assert (
+        await owner_conn.fetchval(
+            "SELECT count(*) FROM telemetry_hourly WHERE device_id = $1", second
+        )
+        == 1
+    )
+    purged = await owner_conn.fetchval("SELECT telemetry_purge($1, $2)", owner.tenant_id, second)
+    assert purged == 1
+    await refresh_rollups(owner_conn)
+    assert (
+        await owner_conn.fetchval(
+            "SELECT count(*) FROM telemetry_hourly WHERE device_id = $1", second
+        )
+        == 0
+    )
+    await rollups_match_raw(owner_conn)
