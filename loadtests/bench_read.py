@@ -6,11 +6,14 @@ floor of one Python process), and each endpoint's SQL run bare through asyncpg b
 concurrent tasks on a 10-connection pool (the database floor, tenant transaction included).
 
     .venv/bin/python loadtests/bench_read.py [--seconds 8] [--keep] [--reuse]
+    .venv/bin/python loadtests/bench_read.py --year [--days 365] [--seconds 20] [--keep] [--reuse]
 
 Creates the database `iotcore_bench`, migrated to head, and seeds it by COPY as the owner
 (loadtests/read/seed.py). --keep leaves it for a later --reuse run (which skips the seeding
 and logs in as the seeded tenant's owner). Targets: latest p95 <= 10 ms; raw page of 1,000
 p95 <= 30 ms; 24 h at 5 min p95 <= 30 ms; 7 days at 1 h p95 <= 60 ms.
+
+--year: year-long dashboards on both storages in the same run (loadtests/read/year.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpload import LoadResult, free_port, run_load, start_api
 from read.seed import insert_devices, seed_telemetry
+from read.year import run_year
 
 from iotcore.platform.migrations import Migrator
 from iotcore.platform.sql import queries
@@ -231,7 +235,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--keep", action="store_true", help="leave the database for --reuse")
     parser.add_argument("--reuse", action="store_true", help="use an existing seeded database")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--year", action="store_true", help="year-long dashboards, both storages")
+    parser.add_argument("--days", type=int, default=365, help="--year: days of readings")
+    parser.add_argument(
+        "--raw-seconds", type=float, default=8, help="--year: seconds of the raw-rows baseline"
+    )
+    args = parser.parse_args()
+    asyncio.run(run_year(args) if args.year else main_async(args))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 -- no real-time part), plain tables on native partitions. Both are filled only by
 -- `iotcore maintain`, from the hours listed in telemetry_rollup_dirty:
 --  * the writer marks the hours of the rows it stores, in the same transaction (so a late
---    reading, up to the 30 accepted days, marks its old hour); telemetry_purge() and
---    telemetry_rollup_mark() do the same for purges and bulk loads; this migration marks
+--    reading, up to the 30 accepted days, marks its old hour); the purges (sql/purge.sql)
+--    and telemetry_rollup_mark() do the same for deletions and bulk loads; this migration marks
 --    every hour that already has rows (history, `migrate down`/`up`);
 --  * maintain reads marks, refreshes those hours (then their days), and deletes only the
 --    marks whose version did not change meanwhile and that no writer holds (a writer's
@@ -55,28 +55,6 @@ AS $fn$
     SELECT count(*) FROM marked
 $fn$;
 REVOKE ALL ON FUNCTION telemetry_rollup_mark(timestamptz, timestamptz) FROM PUBLIC;
-
--- Purge one device's readings (a customer request) and mark their hours, in one statement.
-CREATE FUNCTION telemetry_purge(p_tenant uuid, p_device uuid)
-    RETURNS bigint
-    LANGUAGE sql SET search_path = public, pg_temp
-AS $fn$
-    WITH gone AS (
-        DELETE FROM telemetry WHERE tenant_id = p_tenant AND device_id = p_device
-        RETURNING ts
-    ), latest AS (
-        DELETE FROM telemetry_latest WHERE tenant_id = p_tenant AND device_id = p_device
-    ), marked AS (
-        INSERT INTO telemetry_rollup_dirty AS d (tenant_id, hour)
-        SELECT DISTINCT p_tenant,
-               date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')
-        FROM gone
-        ORDER BY 1, 2
-        ON CONFLICT (tenant_id, hour) DO UPDATE SET version = d.version + 1
-    )
-    SELECT count(*) FROM gone
-$fn$;
-REVOKE ALL ON FUNCTION telemetry_purge(uuid, uuid) FROM PUBLIC;
 
 DO $$
 BEGIN

@@ -3,8 +3,12 @@
 #   bash ops/restore.sh FILE TARGET_DB
 # Then point IOT_DATABASE_URL / IOT_DATABASE_OWNER_URL at TARGET_DB (or rename databases
 # during a maintenance window) — see runbooks/backup-and-restore.md.
-# Runs as a superuser (IOT_ADMIN_URL, default: local postgres over the socket when root):
-# restoring rows into tables with FORCE ROW LEVEL SECURITY needs one.
+# Runs as a superuser (IOT_ADMIN_URL, e.g. postgresql://postgres@db:5432/postgres; default:
+# local postgres over the socket when root): restoring rows into tables with FORCE ROW LEVEL
+# SECURITY needs one, and so does TimescaleDB's restore mode.
+# A TimescaleDB backup is restored between timescaledb_pre_restore() and
+# timescaledb_post_restore() (background jobs stopped, catalog and chunks restored as they
+# were); the server needs the same TimescaleDB version as the one backed up.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -12,21 +16,42 @@ file="${1:?usage: restore.sh FILE TARGET_DB}"
 target="${2:?usage: restore.sh FILE TARGET_DB}"
 [[ "$target" =~ ^[a-z_][a-z0-9_]*$ ]] || { log "TARGET_DB must be a plain lower-case name"; exit 2; }
 
+# admin DB COMMAND ARGS...: a client program as the superuser, connected to database DB.
 admin() {
-  if [ -n "${IOT_ADMIN_URL:-}" ]; then "$@" --dbname="$IOT_ADMIN_URL"
-  elif [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"
-  else "$@" --host=127.0.0.1 --username=postgres
+  local db="$1"; shift
+  if [ -n "${IOT_ADMIN_URL:-}" ]; then "$@" --no-password --dbname="${IOT_ADMIN_URL%/*}/$db"
+  elif [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@" --dbname="$db"
+  else "$@" --host=127.0.0.1 --username=postgres --dbname="$db"
   fi
 }
 
-exists="$(admin psql -X -qAt -c "SELECT 1 FROM pg_database WHERE datname = '$target'")"
+exists="$(admin postgres psql -X -qAt -c "SELECT 1 FROM pg_database WHERE datname = '$target'")"
 if [ "$exists" = "1" ]; then log "database $target already exists: restore into a new name"; exit 2; fi
-admin psql -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $target OWNER iotcore_owner"
-if [ -n "${IOT_ADMIN_URL:-}" ]; then
-  pg_restore --exit-on-error --no-password --dbname="${IOT_ADMIN_URL%/*}/$target" "$file"
-elif [ "$(id -u)" -eq 0 ]; then
-  runuser -u postgres -- pg_restore --exit-on-error --dbname="$target" < "$file"
-else
-  pg_restore --exit-on-error --host=127.0.0.1 --username=postgres --dbname="$target" "$file"
+lists="$(mktemp -d)"
+trap 'rm -rf "$lists"' EXIT
+pg_restore --list "$file" >"$lists/all"
+timescaledb=""
+if grep -qE ' EXTENSION - timescaledb( |$)' "$lists/all"; then timescaledb=1; fi
+
+admin postgres psql -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $target OWNER iotcore_owner"
+if [ -n "$timescaledb" ]; then
+  admin "$target" psql -X -q -v ON_ERROR_STOP=1 \
+    -c "CREATE EXTENSION IF NOT EXISTS timescaledb" -c "SELECT timescaledb_pre_restore()" >/dev/null
 fi
-log "restored $file into database $target"
+# pg_restore reads the file from standard input: the postgres user may not read its path.
+if [ -z "$timescaledb" ]; then
+  admin "$target" pg_restore --exit-on-error < "$file"
+else
+  # TimescaleDB's catalog rows go in by a session of their own before the chunks' rows: a
+  # session that looked up its hypertables before the catalog was filled keeps that empty
+  # view and refuses the chunks ("could not find hypertable with id 1", 2.28).
+  grep -E 'TABLE DATA _timescaledb_(catalog|config) ' "$lists/all" >"$lists/catalog" || true
+  grep -vE 'TABLE DATA _timescaledb_(catalog|config) ' "$lists/all" >"$lists/rest"
+  chmod -R a+rX "$lists"
+  admin "$target" pg_restore --exit-on-error --section=pre-data < "$file"
+  admin "$target" pg_restore --exit-on-error --section=data --use-list="$lists/catalog" < "$file"
+  admin "$target" pg_restore --exit-on-error --section=data --use-list="$lists/rest" < "$file"
+  admin "$target" pg_restore --exit-on-error --section=post-data < "$file"
+  admin "$target" psql -X -q -v ON_ERROR_STOP=1 -c "SELECT timescaledb_post_restore()" >/dev/null
+fi
+log "restored $file into database $target$([ -n "$timescaledb" ] && echo " (TimescaleDB)")"

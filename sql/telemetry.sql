@@ -108,3 +108,11 @@ USING (
     FOR UPDATE SKIP LOCKED
 ) s
 WHERE d.tenant_id = s.tenant_id AND d.hour = s.hour
+
+-- name: refresh_hourly
+-- TimescaleDB; outside a transaction block. Forced: hours materialised before a purge or a
+-- restore are recomputed too, not only those in TimescaleDB's invalidation log.
+CALL refresh_continuous_aggregate('telemetry_hourly', $1::timestamptz, $2::timestamptz, true)
+
+-- name: refresh_daily
+CALL refresh_continuous_aggregate('telemetry_daily', $1::timestamptz, $2::timestamptz, true)

@@ -47,7 +47,7 @@ def start_containers() -> ServiceUrls:
     from testcontainers.redis import RedisContainer
 
     postgres = PostgresContainer(
-        "timescale/timescaledb:2.17.2-pg16", username="postgres", password="postgres"
+        "timescale/timescaledb:2.28.3-pg17", username="postgres", password="postgres"
     )
     redis = RedisContainer("redis:7-alpine")
     emqx = DockerContainer("emqx/emqx:5.8.6").with_exposed_ports(1883)

@@ -61,6 +61,8 @@ async def seed_telemetry(
     device_ids: list[str],
     start: datetime,
     end: datetime,
+    *,
+    quiet: bool = False,
 ) -> int:
     """One point a minute per device and metric in [start, end); returns the rows loaded."""
     devices = [uuid.UUID(d) for d in device_ids]
@@ -100,9 +102,12 @@ async def seed_telemetry(
                 f"FOR VALUES FROM ('{day_lo.isoformat()}') TO ('{day_hi.isoformat()}')"
             )
             await conn.execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_range")
-            print(f"  {name}: {time.perf_counter() - started:.1f} s", flush=True)
+            if not quiet:
+                print(f"  {name}: {time.perf_counter() - started:.1f} s", flush=True)
             day += timedelta(days=1)
-    # What the writer keeps beside the readings (the seed bypasses the writer).
+    # What the writer keeps beside the readings (the seed bypasses the writer): the newest
+    # values, and the hours the rollups must refresh.
+    await conn.execute("SELECT telemetry_rollup_mark($1, $2)", start, end)
     await conn.execute(
         "INSERT INTO telemetry_latest SELECT DISTINCT ON (device_id, metric) tenant_id, "
         "device_id, metric, ts, value FROM telemetry "

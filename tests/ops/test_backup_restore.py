@@ -1,19 +1,23 @@
 """ops/backup.sh and ops/restore.sh: a backup of a live database restores into a new one
-with every tenant's rows, RLS policies and grants intact."""
+with every tenant's rows, RLS policies and grants intact; on TimescaleDB also its chunks,
+compressed chunks, policies and continuous aggregates. The restore goes to the server the
+test database is on (IOT_ADMIN_URL), whichever cluster that is."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
-from tests.conftest import CONTAINER_MQTT_URL, OWNER_URL, REPO_ROOT, SERVICE_URL, with_database
+from iotcore.maintenance.jobs import refresh_rollups
+from tests.conftest import OWNER_URL, REPO_ROOT, SERVICE_URL, SUPERUSER_URL, with_database
 from tests.support.devices import claimed_device
 from tests.support.telemetry import post_telemetry
 from tests.support.users import register
@@ -29,23 +33,71 @@ async def counts(url: str) -> dict[str, int]:
         await conn.close()
 
 
-@pytest.mark.skipif(
-    CONTAINER_MQTT_URL is not None,
-    reason="ops/restore.sh restores as the local server's superuser; containers have none here",
-)
+# On TimescaleDB: chunks (and which are compressed), jobs, and the rollups' rows.
+TIMESCALEDB_STATE = {
+    "chunks": "SELECT hypertable_name, range_start, is_compressed "
+    "FROM timescaledb_information.chunks ORDER BY 1, 2",
+    "jobs": "SELECT proc_name, hypertable_name, config::text, schedule_interval "
+    "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL ORDER BY 1, 2",
+    "hourly": "SELECT device_id, metric, bucket, sum, count FROM telemetry_hourly ORDER BY 1, 2, 3",
+    "daily": "SELECT device_id, metric, bucket, sum, count FROM telemetry_daily ORDER BY 1, 2, 3",
+}
+
+
+async def timescaledb_state(url: str) -> dict[str, list[tuple[Any, ...]]] | None:
+    conn = await asyncpg.connect(url)
+    try:
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"
+        ):
+            return None
+        return {k: [tuple(r) for r in await conn.fetch(q)] for k, q in TIMESCALEDB_STATE.items()}
+    finally:
+        await conn.close()
+
+
+async def seed_history(owner_conn: Any, tenant_id: Any, device_id: str) -> None:
+    """Two days of readings 10 days ago, rolled up and (on TimescaleDB) compressed."""
+    day0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day0 -= timedelta(days=10)
+    await owner_conn.execute("SELECT telemetry_ensure_partitions($1, 2)", day0.date())
+    await owner_conn.executemany(
+        "INSERT INTO telemetry VALUES ($1, $2, 'h', $3, $4)",
+        [
+            (tenant_id, uuid.UUID(device_id), day0 + timedelta(minutes=15 * i), i)
+            for i in range(192)
+        ],
+    )
+    await owner_conn.execute("SELECT telemetry_rollup_mark($1, NULL)", day0)
+    await refresh_rollups(owner_conn)
+    if await owner_conn.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"
+    ):
+        await owner_conn.execute(
+            "SELECT compress_chunk(c, if_not_compressed => true) "
+            "FROM show_chunks('telemetry', older_than => now() - INTERVAL '7 days') c"
+        )
+
+
 async def test_backup_then_restore_into_a_new_database(
     client: TestClient,
     settings: Settings,
     database: str,
+    owner_conn: Any,
     tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
     for _ in range(2):
         owner = await register(client)
         device = await claimed_device(client, settings, owner)
         assert (await post_telemetry(client, device, {"metrics": {"a": 1, "b": 2}})).status == 202
+    await seed_history(owner_conn, owner.tenant_id, device.device_id)
     source = with_database(OWNER_URL, database)
     before = await counts(source)
-    assert before["tenants"] >= 2 and before["telemetry"] >= 4
+    assert before["tenants"] >= 2 and before["telemetry"] >= 4 + 192
+    timescale_before = await timescaledb_state(source)
+    if timescale_before is not None:
+        assert any(compressed for _, _, compressed in timescale_before["chunks"])
+        assert timescale_before["hourly"] and timescale_before["jobs"]
 
     dump = tmp_path / "iotcore.dump"
     backup_url = with_database(OWNER_URL, database).replace("iotcore_owner", "iotcore_backup")
@@ -61,10 +113,15 @@ async def test_backup_then_restore_into_a_new_database(
     assert dump.stat().st_size > 0
 
     target = f"{database}_restored"
+    # The server the test database is on, not the default socket's.
+    restore_env = {
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        "IOT_ADMIN_URL": with_database(SUPERUSER_URL, "postgres"),
+    }
     result = await asyncio.to_thread(
         subprocess.run,
         ["bash", str(REPO_ROOT / "ops/restore.sh"), str(dump), target],
-        env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+        env=restore_env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -72,6 +129,7 @@ async def test_backup_then_restore_into_a_new_database(
     try:
         assert result.returncode == 0, result.stderr
         assert await counts(with_database(OWNER_URL, target)) == before
+        assert await timescaledb_state(with_database(OWNER_URL, target)) == timescale_before
         # Isolation survived: the service role still sees one tenant at a time.
         conn: Any = await asyncpg.connect(with_database(SERVICE_URL, target))
         try:
@@ -81,14 +139,16 @@ async def test_backup_then_restore_into_a_new_database(
                 )
                 tenants = {r[0] for r in await conn.fetch("SELECT tenant_id FROM users")}
                 rows = await conn.fetchval("SELECT count(*) FROM telemetry_v")
+                hourly = await conn.fetchval("SELECT sum(count) FROM telemetry_hourly_v")
         finally:
             await conn.close()
         assert tenants == {owner.tenant_id}
-        assert rows == 2
+        assert rows == 2 + 192
+        assert hourly == rows, "the hourly rollup came back complete"
         again = await asyncio.to_thread(
             subprocess.run,
             ["bash", str(REPO_ROOT / "ops/restore.sh"), str(dump), target],
-            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+            env=restore_env,
             capture_output=True,
             text=True,
             timeout=60,
