@@ -53,5 +53,6 @@ else
   admin "$target" pg_restore --exit-on-error --section=data --use-list="$lists/rest" < "$file"
   admin "$target" pg_restore --exit-on-error --section=post-data < "$file"
   admin "$target" psql -X -q -v ON_ERROR_STOP=1 -c "SELECT timescaledb_post_restore()" >/dev/null
+  admin "$target" psql -X -q -v ON_ERROR_STOP=1 <"$REPO_ROOT/ops/timescaledb-privileges.sql"
 fi
 log "restored $file into database $target$([ -n "$timescaledb" ] && echo " (TimescaleDB)")"

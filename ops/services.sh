@@ -67,8 +67,11 @@ SQL
   fi
   if [ "$(pg_admin -d postgres -c "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")" = "1" ]; then
     log "TimescaleDB available: enabling it in $DB_NAME"
-    pg_admin -d "$DB_NAME" -c "CREATE EXTENSION IF NOT EXISTS timescaledb" \
-      || log "TimescaleDB could not be enabled (is it in shared_preload_libraries?); using native partitioning"
+    if pg_admin -d "$DB_NAME" -c "CREATE EXTENSION IF NOT EXISTS timescaledb"; then
+      pg_admin -d "$DB_NAME" <"$REPO_ROOT/ops/timescaledb-privileges.sql"
+    else
+      log "TimescaleDB could not be enabled (is it in shared_preload_libraries?); using native partitioning"
+    fi
   fi
 }
 

@@ -92,6 +92,7 @@ async def _enable_timescaledb(database: str) -> None:
         )
         if available:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            await conn.execute((REPO_ROOT / "ops/timescaledb-privileges.sql").read_text())
         elif STORAGE == "timescaledb":
             raise RuntimeError("IOT_TEST_STORAGE=timescaledb but the server has no TimescaleDB")
     finally:

@@ -11,4 +11,5 @@ GRANT pg_read_all_data TO iotcore_backup;
 CREATE DATABASE iotcore OWNER iotcore_owner;
 SQL
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname iotcore \
-  -c "CREATE EXTENSION IF NOT EXISTS timescaledb"
+  -c "CREATE EXTENSION IF NOT EXISTS timescaledb" \
+  -f /iotcore/timescaledb-privileges.sql

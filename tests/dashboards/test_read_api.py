@@ -386,6 +386,8 @@ async def test_no_read_plans_a_sequential_scan(
 
     sql = queries("telemetry_read")
     now = datetime.now(UTC)
+    hour = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    edges = [hour, hour + timedelta(hours=5), hour, hour]
     shapes = {
         "metrics": (sql["metrics"], [devices[0]]),
         "raw_asc": (sql["raw_asc"], [devices[0], start, now, start, "", 101]),
@@ -395,6 +397,11 @@ async def test_no_read_plans_a_sequential_scan(
         "aggregate": (
             sql["aggregate"],
             [devices[0], "a", timedelta(minutes=5), start, now, True, True, True, True, True],
+        ),
+        # Whole hours from the rollups; the rows were marked, so the raw rows answer them.
+        "aggregate_rollup": (
+            sql["aggregate_rollup"],
+            [devices[0], "a", timedelta(hours=1), start, now, *[True] * 5, *edges],
         ),
     }
     # Empty or tiny partitions (days ahead, a few test rows) are rightly read sequentially;
