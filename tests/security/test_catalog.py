@@ -291,7 +291,7 @@ async def test_service_role_is_denied_every_base_telemetry_relation(
     """What the catalog says, the server does: every base relation refuses the service."""
     for rel in await catalog.base_telemetry_relations(owner_conn):
         if rel["metadata"]:
-            continue  # TimescaleDB's catalog: readable by PUBLIC, by its design
+            continue  # TimescaleDB's catalog, no tenant rows (ops/timescaledb-privileges.sql)
         # TimescaleDB's planner refuses a compressed chunk (or the compressed hypertable)
         # before the privilege check is reached: refused either way, no row comes back.
         refused: Any = (
