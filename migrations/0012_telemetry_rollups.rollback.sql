@@ -1,5 +1,6 @@
 DROP FUNCTION IF EXISTS telemetry_apply_policies(integer, integer, integer);
 DROP FUNCTION IF EXISTS telemetry_rollup_drop(integer);
+DROP FUNCTION IF EXISTS telemetry_rollup_forget_tenant(uuid);
 DROP FUNCTION IF EXISTS telemetry_rollup_recompute(uuid[], timestamptz[]);
 DROP FUNCTION IF EXISTS telemetry_rollup_mark(timestamptz, timestamptz);
 DROP VIEW IF EXISTS telemetry_daily_v;

@@ -158,6 +158,44 @@ END
 $fn$;
 REVOKE ALL ON FUNCTION telemetry_rollup_recompute(uuid[], timestamptz[]) FROM PUBLIC;
 
+-- A tenant's purge (sql/purge.sql, after its readings are gone): its rollup rows, in the
+-- materialisations too, and its marks. It waits for a refresh in progress (maintain holds
+-- this advisory lock while refreshing), so no refresh that still saw the readings commits
+-- after it.
+CREATE FUNCTION telemetry_rollup_forget_tenant(p_tenant uuid)
+    RETURNS bigint
+    LANGUAGE plpgsql SET search_path = public, pg_temp
+AS $fn$
+DECLARE
+    rel text;
+    n bigint;
+    gone bigint := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock(281018375);  -- REFRESH_LOCK of iotcore/maintenance/jobs.py
+    DELETE FROM telemetry_rollup_dirty WHERE tenant_id = p_tenant;
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb') THEN
+        FOR rel IN
+            EXECUTE 'SELECT format(''%I.%I'', materialization_hypertable_schema,
+                                   materialization_hypertable_name)
+                     FROM timescaledb_information.continuous_aggregates
+                     WHERE view_name IN (''telemetry_hourly'', ''telemetry_daily'')'
+        LOOP
+            EXECUTE format('DELETE FROM %s WHERE tenant_id = $1', rel) USING p_tenant;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            gone := gone + n;
+        END LOOP;
+        RETURN gone;
+    END IF;
+    DELETE FROM telemetry_hourly WHERE tenant_id = p_tenant;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    gone := n;
+    DELETE FROM telemetry_daily WHERE tenant_id = p_tenant;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN gone + n;
+END
+$fn$;
+REVOKE ALL ON FUNCTION telemetry_rollup_forget_tenant(uuid) FROM PUBLIC;
+
 -- Retention of the rollups and the marks, with the raw rows' (the endpoint never reads a
 -- rollup older than the retention horizon anyway).
 CREATE FUNCTION telemetry_rollup_drop(keep_days integer)

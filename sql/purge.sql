@@ -86,9 +86,13 @@ FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
 WHERE n.nspname = 'public' AND c.relkind = 'r' AND NOT c.relispartition
-  AND c.relname NOT IN ('tenants', 'jobs', 'devices', 'telemetry', 'users',
-                        'telemetry_rollup_dirty')
+  AND c.relname NOT IN ('tenants', 'jobs', 'devices', 'telemetry', 'users')
 ORDER BY 1
+
+-- name: forget_rollups
+-- The tenant's hourly and daily rollups and their marks (migrations/0012), once its readings
+-- are gone.
+SELECT telemetry_rollup_forget_tenant($1)
 
 -- name: purge_rows
 SELECT purge_tenant_rows($1::regclass, $2, $3)

@@ -136,6 +136,7 @@ class Purges:
             await self._next_phase(ctx)
         if progress["phase"] == "tables":
             async with ctx.pool.acquire() as conn:
+                _count(ctx, "rollups", await conn.fetchval(self._sql["forget_rollups"], tenant_id))
                 tables = [r["name"] for r in await conn.fetch(self._sql["tenant_tables"])]
             for table in tables:
                 await self._sweep(ctx, table, tenant_id)
