@@ -258,10 +258,12 @@ async def observe_middleware(
             if exc.status < 400:
                 raise
             response = error_response(_from_http_exception(exc), request_id)
-        except (RedisConnectionError, RedisTimeoutError):
+        except (RedisConnectionError, RedisTimeoutError) as exc:
             # Redis is out (runbooks/redis-down.md): what needs it (throttles) is unavailable,
             # not broken; paths that can do without it catch this themselves.
-            log.warning("redis unavailable", extra={"path": request.path})
+            log.warning(
+                "redis unavailable", extra={"path": request.path, "error": type(exc).__name__}
+            )
             response = error_response(errors.Unavailable(), request_id)
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
