@@ -112,12 +112,18 @@ WITH dirty AS MATERIALIZED (
     WHERE device_id = $1 AND metric = $2 AND bucket >= $13 AND bucket < $14
       AND bucket NOT IN (SELECT day FROM dirty)
     UNION ALL
+    -- Hours outside the whole days (two index ranges, not the days between them)...
     SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
-    WHERE device_id = $1 AND metric = $2 AND bucket >= $11 AND bucket < $12
-      AND (bucket < $13 OR bucket >= $14
-           OR date_bin(INTERVAL '1 day', bucket, TIMESTAMPTZ '2000-01-03 00:00:00+00')
-              IN (SELECT day FROM dirty))
+    WHERE device_id = $1 AND metric = $2
+      AND ((bucket >= $11 AND bucket < $13) OR (bucket >= $14 AND bucket < $12))
       AND bucket NOT IN (SELECT hour FROM dirty)
+    UNION ALL
+    -- ...and the clean hours of whole days that have a marked hour.
+    SELECT h.bucket, h.sum, h.count, h.min, h.max
+    FROM (SELECT DISTINCT day FROM dirty WHERE day >= $13 AND day < $14) dd
+    JOIN telemetry_hourly_v h ON h.device_id = $1 AND h.metric = $2
+                             AND h.bucket >= dd.day AND h.bucket < dd.day + INTERVAL '1 day'
+    WHERE h.bucket NOT IN (SELECT hour FROM dirty)
     UNION ALL
     SELECT date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
            sum(value), count(*), min(value), max(value)
