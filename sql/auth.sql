@@ -10,7 +10,7 @@ SELECT user_id, tenant_id, password_hash, role FROM auth_login_lookup($1)
 SELECT outcome, user_id, tenant_id, role, family_id FROM auth_rotate_refresh($1, $2, $3)
 
 -- name: revoke_family
-SELECT tenant_id, user_id FROM auth_revoke_family($1)
+SELECT tenant_id, user_id, family_id FROM auth_revoke_family($1)
 
 -- name: insert_refresh_token
 INSERT INTO refresh_tokens (token_hash, tenant_id, user_id, family_id, expires_at)
@@ -78,3 +78,4 @@ RETURNING user_id
 -- Every refresh-token family of the user but the caller's ($2, NULL for none).
 UPDATE refresh_tokens SET revoked_at = now()
 WHERE user_id = $1 AND revoked_at IS NULL AND family_id IS DISTINCT FROM $2
+RETURNING family_id

@@ -58,10 +58,12 @@ class AuthService:
     def __init__(self, platform: Platform) -> None:
         settings = platform.settings
         self._platform = platform
+        self._redis = platform.redis
         self._db = platform.db
         self.keys = KeyRing(settings)
         self.passwords = Passwords(settings)
         self._refresh_ttl = timedelta(seconds=settings.refresh_token_ttl_s)
+        self._access_ttl_s = settings.access_token_ttl_s
         self._logins = LoginThrottle(platform.redis, settings)
         self._registrations = AttemptLimiter(platform.redis, "register")
         self._registration_limit = (settings.register_max_per_ip, settings.register_window_s)
@@ -170,6 +172,7 @@ class AuthService:
                     ip=caller.ip,
                 )
             log.warning("refresh token reused; family revoked")
+            await self._end_sessions({row["family_id"]})
             raise Unauthenticated(
                 "This refresh token was already used; its session is revoked.", code="token_reused"
             )
@@ -185,6 +188,7 @@ class AuthService:
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(SQL["revoke_family"], hash_refresh_token(refresh_token))
         if row is not None:
+            await self._end_sessions({row["family_id"]})
             async with self._db.tenant_transaction(row["tenant_id"]) as conn:
                 await audit(conn, "logout", actor=row["user_id"], subject=None, ip=caller.ip)
 
@@ -299,7 +303,7 @@ class AuthService:
         new_hash = await self.passwords.hash(new)
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             await conn.execute(SQL["update_password_hash"], principal.user_id, new_hash)
-            revoked = await conn.execute(
+            revoked = await conn.fetch(
                 SQL["revoke_other_families"], principal.user_id, principal.family_id
             )
             await audit(
@@ -308,18 +312,37 @@ class AuthService:
                 actor=principal.user_id,
                 subject=str(principal.user_id),
                 ip=caller.ip,
-                details={"refresh_tokens_revoked": int(revoked.split()[-1])},
+                details={"refresh_tokens_revoked": len(revoked)},
             )
+        await self._end_sessions({r["family_id"] for r in revoked})
         await self._password_checks.refund(limit)
 
     async def authenticate(self, token: str) -> UserPrincipal:
         """The principal of a bearer token, with the user's role as it is now: a removed
         user's access tokens stop working, a demoted user's act with the new role."""
         principal = self.keys.verify(token)
+        if principal.family_id is not None and await self._redis.client.exists(
+            self._ended_key(principal.family_id)
+        ):
+            raise Unauthenticated("This session has ended.", code="token_revoked")
         state = await self._user_state(principal.user_id)
         if state is None or state[0] != principal.tenant_id:
             raise Unauthenticated("This user no longer exists.", code="token_revoked")
         return principal if state[1] == principal.role else replace(principal, role=state[1])
+
+    def _ended_key(self, family_id: UUID) -> str:
+        return self._redis.key("session-ended", str(family_id))
+
+    async def _end_sessions(self, family_ids: set[UUID]) -> None:
+        """Access tokens of these refresh-token families stop working now, not at expiry:
+        each is marked in Redis for one access-token lifetime, after which none of them
+        is valid anyway."""
+        if not family_ids:
+            return
+        pipe = self._redis.client.pipeline(transaction=False)
+        for family_id in family_ids:
+            pipe.set(self._ended_key(family_id), b"1", ex=self._access_ttl_s)
+        await pipe.execute()
 
     async def _user_state(self, user_id: UUID) -> tuple[UUID, Role] | None:
         found, state = self._users.get(str(user_id))

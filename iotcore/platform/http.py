@@ -12,11 +12,11 @@ from time import perf_counter
 from typing import Any, TypeVar
 from uuid import uuid4
 
+import asyncpg
 import orjson
+import redis.exceptions
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from iotcore.config import Settings
 from iotcore.platform import errors
@@ -191,6 +191,15 @@ def client_ip(request: web.Request) -> str:
 
 # ---------------------------------------------------------------------------- middleware
 
+DEPENDENCY_DOWN = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    TimeoutError,
+)
+
 _HTTP_EXCEPTION_ERRORS: dict[int, type[errors.ApiError]] = {
     400: errors.MalformedJson,
     401: errors.Unauthenticated,
@@ -258,11 +267,11 @@ async def observe_middleware(
             if exc.status < 400:
                 raise
             response = error_response(_from_http_exception(exc), request_id)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            # Redis is out (runbooks/redis-down.md): what needs it (throttles) is unavailable,
-            # not broken; paths that can do without it catch this themselves.
+        except DEPENDENCY_DOWN as exc:
+            # Redis or PostgreSQL out or too slow (runbooks/redis-down.md): what needs it is
+            # unavailable, not broken; paths that can do without it catch this themselves.
             log.warning(
-                "redis unavailable", extra={"path": request.path, "error": type(exc).__name__}
+                "dependency unavailable", extra={"path": request.path, "error": type(exc).__name__}
             )
             response = error_response(errors.Unavailable(), request_id)
         except Exception:
