@@ -91,7 +91,7 @@ async def test_credentials_logged_by_any_library_are_redacted(
 
 async def test_no_response_names_the_server_software(api_with: ApiFactory) -> None:
     client = await api_with()
-    for path in ("/health/live", "/api/v1/nope", "/api/v1/auth/me"):
+    for path in ("/api/v1/health/live", "/api/v1/nope", "/api/v1/auth/me"):
         response = await client.get(path)
         assert response.headers["Server"] == "iotcore", path
     refused = await rawhttp.send(client.port, b"BREW / HTCPCP/1.0\r\n\r\n")
