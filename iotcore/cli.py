@@ -138,23 +138,35 @@ async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def run_broker(settings: Settings, args: argparse.Namespace) -> None:
+    """The embedded broker alone: it writes telemetry itself, through its own writer."""
     from iotcore.broker.server import start_broker
+    from iotcore.devices.registry import DeviceRegistry
+    from iotcore.telemetry.service import TelemetryIngest
+    from iotcore.telemetry.writer import TelemetryWriter
 
     platform = Platform.from_settings(settings)
     await platform.start()
-    broker = await start_broker(platform)
+    registry = DeviceRegistry(platform)
+    writer = TelemetryWriter(platform)
+    await registry.start()
+    await writer.start()
+    broker = await start_broker(platform, registry, TelemetryIngest(platform, registry, writer))
+    ops = await start_ops_server(platform)
     print(f"iotcore broker listening on mqtt://{broker.address}", flush=True)
     try:
         await wait_for_shutdown()
     finally:
+        await ops.cleanup()
         await broker.stop()
+        await writer.stop()
+        await registry.close()
         await platform.close()
 
 
 async def run_all(settings: Settings, args: argparse.Namespace) -> None:
-    """Single node: the API plus every role this build provides, sharing one platform."""
+    """Single node: the API, the embedded broker and maintenance, sharing one platform. The
+    broker hands telemetry to the API's writer itself: no consumer, no broker queue."""
     from iotcore.broker.server import start_broker
-    from iotcore.ingest.consumer import IngestRole
     from iotcore.maintenance.jobs import run_forever
     from iotcore.telemetry.service import TELEMETRY_INGEST_KEY
     from iotcore.tenants.purge import run_worker
@@ -162,11 +174,9 @@ async def run_all(settings: Settings, args: argparse.Namespace) -> None:
     platform = Platform.from_settings(settings)
     await platform.start()
     runner = await start_api(settings, platform)
-    broker = await start_broker(platform)
+    ingest = runner.app[TELEMETRY_INGEST_KEY]
+    broker = await start_broker(platform, ingest.registry, ingest)
     print(f"iotcore broker listening on mqtt://{broker.address}", flush=True)
-    # The consumer shares the API's writer: one write path, one set of batches.
-    ingest = IngestRole(platform, runner.app[TELEMETRY_INGEST_KEY])
-    await ingest.start()
     maintenance = asyncio.create_task(run_forever(settings))
     jobs = asyncio.create_task(run_worker(platform))
     try:
@@ -175,7 +185,6 @@ async def run_all(settings: Settings, args: argparse.Namespace) -> None:
         maintenance.cancel()
         jobs.cancel()
         await asyncio.gather(jobs, return_exceptions=True)
-        await ingest.stop()
         await broker.stop()
         await runner.cleanup()
         await platform.close()

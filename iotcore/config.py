@@ -85,6 +85,23 @@ class Settings(BaseSettings):
     mqtt_shared_subscription: bool = True
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=1883, ge=0, le=65535)
+    broker_max_connections: int = Field(default=20_000, ge=1)
+    broker_connect_timeout_s: float = Field(
+        default=10, gt=0, description="A socket that sends no CONNECT in this time is closed"
+    )
+    broker_max_packet_bytes: int = Field(default=1_048_576, ge=1024)
+    broker_session_queue: int = Field(
+        default=1000, ge=1, description="QoS 1 messages kept for one offline persistent session"
+    )
+    broker_session_expiry_s: int = Field(
+        default=24 * 3600, ge=0, description="An offline persistent session is dropped after"
+    )
+    broker_pending_rows: int = Field(
+        default=20_000,
+        ge=1,
+        description="Telemetry rows read but not yet handed to the writer before the broker "
+        "stops reading the publishing clients",
+    )
     mqtt_hook_token: SecretStr = SecretStr(DEV_MQTT_HOOK_TOKEN)
 
     # Identity

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command runs the system on this machine: services, virtualenv, migrations, then
-# `iotcore run` (API + embedded broker + ingest + maintenance in one process).
+# `iotcore run` (API + embedded broker, which writes telemetry itself, + maintenance in one
+# process).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -21,9 +22,6 @@ if [ -z "${IOT_METRICS_PORT:-}" ]; then
 fi
 export IOT_METRICS_PORT
 export IOT_BROKER_HOST="${IOT_BROKER_HOST:-127.0.0.1}"
-export IOT_MQTT_URL="${IOT_MQTT_URL:-mqtt://127.0.0.1:$IOT_BROKER_PORT}"
-# The embedded broker (amqtt) has no shared subscriptions.
-export IOT_MQTT_SHARED_SUBSCRIPTION="${IOT_MQTT_SHARED_SUBSCRIPTION:-false}"
 
 cd "$REPO_ROOT"
 iotcore migrate up

@@ -30,6 +30,15 @@ def device_may(identity: DeviceIdentity, action: str, topic: str) -> bool:
     return False
 
 
+def will_allowed(identity: DeviceIdentity, topic: str) -> bool:
+    """A will is a publish the broker makes later on the device's behalf: only to the
+    device's own status topic."""
+    return (
+        identity.tenant_id is not None
+        and topic == f"{topic_base(identity.tenant_id, identity.device_id)}/status"
+    )
+
+
 def ingest_may(share_group: str, action: str, topic: str) -> bool:
     """The ingest service account subscribes to every device's telemetry, shared or not."""
     if action != "subscribe":

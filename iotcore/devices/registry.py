@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
@@ -17,6 +19,7 @@ from iotcore.platform.context import Platform
 from iotcore.platform.sql import queries
 
 SQL = queries("devices")
+log = logging.getLogger("iotcore.devices")
 
 
 def hash_secret(secret: str) -> bytes:
@@ -53,6 +56,16 @@ class _Credentials:
     previous_valid_until: datetime | None
 
 
+@dataclass(frozen=True)
+class DeviceLogin:
+    """A successful device authentication: who, the hash of the secret it proved, and when
+    that secret stops working (set while it is the previous secret of a rotation)."""
+
+    identity: DeviceIdentity
+    secret_hash: bytes
+    valid_until: datetime | None
+
+
 def _identity(device_id: UUID, credentials: _Credentials | None) -> DeviceIdentity | None:
     if credentials is None:
         return None
@@ -77,6 +90,10 @@ class DeviceRegistry:
         self._generation = 0  # bumped by every invalidation
         self._channel = platform.redis.key("devices", "invalidate")
         self._listener: asyncio.Task[None] | None = None
+        # Called with the device id on every invalidation, local or from another replica, and
+        # with None when invalidations may have been missed (the channel was re-subscribed):
+        # the embedded broker checks the device's (or every) live session again.
+        self.listeners: list[Callable[[UUID | None], None]] = []
 
     async def start(self) -> None:
         if self._listener is None:
@@ -98,10 +115,12 @@ class DeviceRegistry:
                     kind = message.get("type")
                     if kind == "subscribe":
                         self._forget()  # listening from now on; before, messages were missed
+                        self._notify(None)
                     elif kind == "message":
                         device_id = parse_uuid(message["data"].decode())
                         if device_id is not None:
                             self._forget(device_id)
+                            self._notify(device_id)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis away: the TTL still bounds staleness; retry later
@@ -117,8 +136,16 @@ class DeviceRegistry:
 
     async def invalidate(self, device_id: UUID) -> None:
         self._forget(device_id)
+        self._notify(device_id)
         with contextlib.suppress(Exception):
             await self._platform.redis.client.publish(self._channel, str(device_id))
+
+    def _notify(self, device_id: UUID | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(device_id)
+            except Exception:
+                log.exception("device invalidation listener failed")
 
     def _fresh(self, device_id: UUID) -> tuple[bool, _Credentials | None]:
         """(found, credentials) from the cache, if the entry has not expired."""
@@ -127,9 +154,9 @@ class DeviceRegistry:
             return False, None
         return True, cached[1]
 
-    async def _credentials(self, device_id: UUID) -> _Credentials | None:
+    async def _credentials(self, device_id: UUID, cached: bool = True) -> _Credentials | None:
         found, credentials = self._fresh(device_id)
-        if found:
+        if found and cached:
             return credentials
         now, generation = time.monotonic(), self._generation
         async with self._platform.db.transaction() as conn:
@@ -151,30 +178,55 @@ class DeviceRegistry:
 
     async def authenticate(self, device_id: str, secret: str) -> DeviceIdentity | None:
         parsed = parse_uuid(device_id)
-        if parsed is None or not secret:
+        if parsed is None:
             return None
-        credentials = await self._credentials(parsed)
+        login = await self.login(parsed, secret)
+        return login.identity if login is not None else None
+
+    async def login(self, device_id: UUID, secret: str) -> DeviceLogin | None:
+        if not secret:
+            return None
+        credentials = await self._credentials(device_id)
         if credentials is None:
             return None
-        digest = hash_secret(secret)
-        identity = DeviceIdentity(parsed, credentials.tenant_id, credentials.status)
-        if credentials.secret_hash is not None and hmac.compare_digest(
-            digest, credentials.secret_hash
-        ):
-            if (
+        login = _match(device_id, credentials, hash_secret(secret))
+        if (
+            login is not None
+            and login.valid_until is None
+            and (
                 credentials.previous_secret_hash is not None
                 or credentials.status == "rekey_pending"
-            ):
-                # First use of the new secret: the old one stops working now.
-                async with self._platform.db.transaction() as conn:
-                    await conn.execute(SQL["secret_used"], parsed)
-                await self.invalidate(parsed)
-            return identity
-        if (
-            credentials.previous_secret_hash is not None
-            and credentials.previous_valid_until is not None
-            and credentials.previous_valid_until > datetime.now(UTC)
-            and hmac.compare_digest(digest, credentials.previous_secret_hash)
+            )
         ):
-            return identity
-        return None
+            # First use of the new secret: the old one stops working now.
+            async with self._platform.db.transaction() as conn:
+                await conn.execute(SQL["secret_used"], device_id)
+            await self.invalidate(device_id)
+        return login
+
+    async def still_valid(self, login: DeviceLogin) -> DeviceLogin | None:
+        """The same credential checked against the database now (no cache): what a live
+        session is held to after a reset, a rotation or a grace expiry."""
+        device_id = login.identity.device_id
+        credentials = await self._credentials(device_id, cached=False)
+        if credentials is None:
+            return None
+        return _match(device_id, credentials, login.secret_hash)
+
+
+def _match(device_id: UUID, credentials: _Credentials, digest: bytes) -> DeviceLogin | None:
+    """Which of the device's secrets this hash is: the current one, or the previous one while
+    its rotation grace lasts. Both compared in constant time."""
+    identity = DeviceIdentity(device_id, credentials.tenant_id, credentials.status)
+    current = credentials.secret_hash
+    if current is not None and hmac.compare_digest(digest, current):
+        return DeviceLogin(identity, digest, None)
+    previous, until = credentials.previous_secret_hash, credentials.previous_valid_until
+    if (
+        previous is not None
+        and until is not None
+        and until > datetime.now(UTC)
+        and hmac.compare_digest(digest, previous)
+    ):
+        return DeviceLogin(identity, digest, until)
+    return None

@@ -106,7 +106,4 @@ def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> Non
     root.setLevel(level.upper())
     # aiohttp's access log duplicates our request log line.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # amqtt logs every packet at INFO, including CONNECT packets that carry the password.
-    logging.getLogger("amqtt").setLevel(logging.WARNING)
-    logging.getLogger("transitions").setLevel(logging.WARNING)
     logging.getLogger("yoyo").setLevel(logging.WARNING)

@@ -77,3 +77,9 @@ DEFAULT_PARTITION_ROWS = Gauge(
     "Rows in telemetry_default (native partitioning): readings no daily partition covered "
     "(counted up to 100,000)",
 )
+BROKER_CONNECTIONS = Gauge("iotcore_broker_connections", "Open embedded-broker connections")
+BROKER_REFUSED = Counter(
+    "iotcore_broker_refused_total",
+    "Embedded broker: connections refused or ended, and packets denied, by reason",
+    ["reason"],
+)

@@ -86,6 +86,16 @@ class TelemetryIngest:
             return None
         return self._checked(topic, payload, parsed_topic, identity, received)
 
+    def from_session(
+        self, identity: DeviceIdentity, topic: str, payload: bytes, received: datetime
+    ) -> Submission:
+        """For the embedded broker: the device authenticated at CONNECT and the topic is its
+        own telemetry topic, so no look-up is needed."""
+        assert identity.tenant_id is not None
+        return self._checked(
+            topic, payload, (identity.tenant_id, identity.device_id), identity, received
+        )
+
     def _topic(self, topic: str) -> tuple[UUID, UUID] | None:
         parsed = self._topics.get(topic, _MISSING)
         if parsed is _MISSING:
