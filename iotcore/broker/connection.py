@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from iotcore.broker import packets
 from iotcore.broker.packets import ProtocolError
@@ -52,11 +52,10 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         if not self.broker.opened(self):
             self.closed = True
-            transport.abort()  # over the connection limit: no CONNACK is owed before CONNECT
+            self.transport.abort()  # over the connection limit: no CONNACK is owed before CONNECT
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

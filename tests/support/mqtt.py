@@ -124,7 +124,7 @@ class RawClient:
                 if not byte & 0x80:
                     break
             body = await asyncio.wait_for(self.reader.readexactly(size), timeout)
-        except (asyncio.IncompleteReadError, ConnectionResetError):
+        except (asyncio.IncompleteReadError, ConnectionError):
             return None
         return Packet(first[0] >> 4, first[0] & 0x0F, body)
 
@@ -145,7 +145,7 @@ class RawClient:
                 data = await asyncio.wait_for(self.reader.read(65536), deadline - loop.time())
             except TimeoutError:
                 return False
-            except ConnectionResetError:
+            except ConnectionError:
                 return True
             if not data:
                 return True
