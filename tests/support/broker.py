@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from iotcore.broker.server import EmbeddedBroker, start_broker
-from iotcore.devices.service import DeviceRegistry
+from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.telemetry.service import TelemetryIngest
 from iotcore.telemetry.writer import TelemetryWriter
