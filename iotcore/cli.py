@@ -106,7 +106,12 @@ async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
-    from iotcore.maintenance.jobs import MaintenanceStatus, run_forever, run_once
+    from iotcore.maintenance.jobs import (
+        MaintenanceStatus,
+        end_expired_rotations,
+        run_forever,
+        run_once,
+    )
     from iotcore.tenants.purge import run_worker
 
     platform = Platform.from_settings(settings)
@@ -114,7 +119,8 @@ async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
     try:
         if args.once:
             report = await run_once(settings)
-            print(f"maintenance: {report}", flush=True)
+            expired = await end_expired_rotations(settings)
+            print(f"maintenance: {report}, rotations_expired={expired}", flush=True)
             await run_worker(platform, once=True)
             return
         status = MaintenanceStatus()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -77,10 +78,22 @@ class Settings(BaseSettings):
     )
     trusted_proxies: int = Field(default=0, ge=0, description="X-Forwarded-For hops to trust")
 
+    # EMQX's REST API (5.8: API key and secret as Basic credentials), to end the live sessions
+    # of a device whose credentials were revoked. Unset: no EMQX to tell (embedded broker).
+    emqx_api_url: str | None = None
+    emqx_api_key: str = ""
+    emqx_api_secret: SecretStr = SecretStr("")
+    emqx_api_timeout_s: float = Field(default=5, gt=0)
+
     # MQTT: the broker ingest consumes from, and the embedded broker
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     ingest_mqtt_username: str = "iotcore-ingest"
-    ingest_mqtt_password: SecretStr = SecretStr("dev-only-ingest-password-change-me-0123456")
+    # No default anyone could know: unset, each process draws its own, so that the account is
+    # unusable until an operator configures the same secret for EMQX's hook and the consumer.
+    # (The single node needs none: its embedded broker writes telemetry itself.)
+    ingest_mqtt_password: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32))
+    )
     mqtt_share_group: str = "iotcore"
     mqtt_shared_subscription: bool = True
     broker_host: str = "127.0.0.1"
@@ -208,7 +221,7 @@ class Settings(BaseSettings):
     # holds itself (IOT_INGEST_RECEIVE_MAXIMUM), since 3.1.1 has no Receive Maximum.
     mqtt_protocol_v5: bool = False
 
-    @field_validator("database_read_url", mode="before")
+    @field_validator("database_read_url", "emqx_api_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -244,10 +257,7 @@ class Settings(BaseSettings):
                     )
         singles = {
             "IOT_MQTT_HOOK_TOKEN": (self.mqtt_hook_token, DEV_MQTT_HOOK_TOKEN),
-            "IOT_INGEST_MQTT_PASSWORD": (
-                self.ingest_mqtt_password,
-                "dev-only-ingest-password-change-me-0123456",
-            ),
+            "IOT_INGEST_MQTT_PASSWORD": (self.ingest_mqtt_password, ""),
         }
         for variable, url in {
             "IOT_DATABASE_URL": self.database_url,

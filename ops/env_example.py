@@ -17,6 +17,7 @@ SECRETS = {
     "runbooks/manufacturing-key-rotation.md)",
     "mqtt_hook_token": f"$({HEX})   (EMQX sends it to the broker hooks)",
     "ingest_mqtt_password": f"$({HEX})   (the ingest consumer's MQTT password)",
+    "emqx_api_secret": "<an EMQX API key's secret>   (kicks revoked devices off EMQX)",
 }
 # Read by docker-compose.yml (and the containers it starts), not by iotcore's settings.
 COMPOSE_ONLY = {

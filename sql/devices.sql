@@ -46,3 +46,10 @@ UPDATE devices SET name = CASE WHEN $2 THEN $3 ELSE name END,
 WHERE device_id = $1
 RETURNING device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
           last_seen_at, created_at
+
+-- name: expire_rotation_grace
+-- Run by maintenance as the owner: old secrets whose grace has passed are forgotten, and the
+-- devices returned so that their sessions on EMQX are ended.
+UPDATE devices SET previous_secret_hash = NULL, previous_valid_until = NULL
+WHERE previous_valid_until <= now()
+RETURNING device_id

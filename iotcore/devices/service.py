@@ -21,6 +21,7 @@ from iotcore.devices.schemas import (
     ProvisionedDevice,
     SecretResponse,
 )
+from iotcore.devices.sessions import SessionKicker
 from iotcore.devices.verification import RequestVerifier, SignedRequest
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import (
@@ -49,6 +50,7 @@ class DeviceService:
         self._platform = platform
         self._db = platform.db
         self._registry = registry
+        self._sessions = SessionKicker(settings)
         self._ring = settings.manufacturing_key_ring
         self._signing_key_id = settings.manufacturing_signing_key_id
         self._grace = timedelta(seconds=settings.secret_rotation_grace_s)
@@ -245,7 +247,9 @@ class DeviceService:
             done = await conn.fetchval(SQL["reset"], device_id, principal.tenant_id)
         if not done:
             raise NotFound("No such device.")
+        # Every live session ends: the embedded broker on the invalidation, EMQX by a kick.
         await self._registry.invalidate(device_id)
+        await self._sessions.kick([device_id])
         # The tenant's readings stay its own; what was derived from them for the device goes
         # (the reset cleared the latest-values rows in the database).
         await clear_device_state(self._platform.redis, principal.tenant_id, device_id)

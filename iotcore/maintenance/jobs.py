@@ -1,6 +1,7 @@
 """Periodic jobs, run as the owner role: daily partitions ahead and retention (native
 partitioning; on TimescaleDB, chunk retention), the TimescaleDB policies from the settings,
-the rollups' refresh (migrations/0012), expired refresh tokens, reject pruning."""
+the rollups' refresh (migrations/0012), expired refresh tokens, reject pruning, and (every
+half minute) the end of rotation grace periods, whose EMQX sessions are kicked."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from iotcore.config import Settings
+from iotcore.devices.sessions import SessionKicker
 from iotcore.platform.metrics import (
     DEFAULT_PARTITION_ROWS,
     MAINTENANCE_LAST_SUCCESS,
@@ -25,8 +27,10 @@ log = logging.getLogger("iotcore.maintenance")
 SQL = queries("telemetry")
 AUTH_SQL = queries("auth")
 REPORT_SQL = queries("maintenance")
+DEVICES_SQL = queries("devices")
 INTERVAL_S = 3600
 RETRY_S = 60
+GRACE_INTERVAL_S = 30
 MARKS_PER_ROUND = 2000
 MAX_ROUNDS = 50
 # One refresher at a time (two could commit a day's rollup out of order).
@@ -176,15 +180,46 @@ async def run_observed(settings: Settings, status: MaintenanceStatus) -> Mainten
     return report
 
 
+async def end_expired_rotations(settings: Settings) -> int:
+    """Forget old secrets whose rotation grace has passed and kick their devices off EMQX:
+    a session opened with an old secret must not outlive it. (The embedded broker ends such
+    sessions itself when the grace ends.)"""
+    conn = await asyncpg.connect(settings.database_owner_url, timeout=settings.database_timeout_s)
+    try:
+        rows = await conn.fetch(DEVICES_SQL["expire_rotation_grace"])
+    finally:
+        await conn.close()
+    await SessionKicker(settings).kick([row["device_id"] for row in rows])
+    if rows:
+        log.info("rotation grace ended", extra={"devices": len(rows)})
+    return len(rows)
+
+
+async def _end_expired_rotations_logged(settings: Settings) -> None:
+    try:
+        await end_expired_rotations(settings)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("rotation grace check failed; will retry", extra={"error": str(exc)})
+
+
 async def run_forever(settings: Settings, status: MaintenanceStatus | None = None) -> None:
     status = status or MaintenanceStatus()
     for outcome in ("ok", "failed"):
         MAINTENANCE_RUNS.labels(outcome)  # both series exist from the start, at 0
+    next_grace = 0.0
     while True:
         report = await run_observed(settings, status)
-        # Until the next full pass, the rollups every IOT_TELEMETRY_ROLLUP_REFRESH_S.
+        # Until the next full pass, the rollups every IOT_TELEMETRY_ROLLUP_REFRESH_S and the
+        # rotation graces every GRACE_INTERVAL_S.
         next_pass = time.monotonic() + (INTERVAL_S if report is not None else RETRY_S)
-        while (wait := next_pass - time.monotonic()) > 0:
-            await asyncio.sleep(min(wait, settings.telemetry_rollup_refresh_s))
-            if time.monotonic() < next_pass:
+        next_refresh = time.monotonic() + settings.telemetry_rollup_refresh_s
+        while (now := time.monotonic()) < next_pass:
+            if now >= next_grace:
+                await _end_expired_rotations_logged(settings)
+                next_grace = time.monotonic() + GRACE_INTERVAL_S
+            if now >= next_refresh:
                 await refresh_rollups_once(settings)
+                next_refresh = time.monotonic() + settings.telemetry_rollup_refresh_s
+            await asyncio.sleep(
+                max(0.0, min(next_pass, next_grace, next_refresh) - time.monotonic())
+            )

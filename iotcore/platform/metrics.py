@@ -83,3 +83,6 @@ BROKER_REFUSED = Counter(
     "Embedded broker: connections refused or ended, and packets denied, by reason",
     ["reason"],
 )
+SESSION_KICKS = Counter(
+    "iotcore_emqx_session_kicks_total", "EMQX kick-out calls by outcome", ["outcome"]
+)
