@@ -90,7 +90,19 @@ async def start_ops_server(platform: Platform) -> web.AppRunner:
 
 async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
     from iotcore.ingest.consumer import IngestRole
+    from iotcore.ingest.probe import SharedSubscriptionsUnsupported, check_shared_subscriptions
 
+    if settings.mqtt_shared_subscription:
+        try:
+            await check_shared_subscriptions(settings)
+        except SharedSubscriptionsUnsupported as exc:
+            print(
+                f"iotcore ingest: {exc}. Use a broker with shared subscriptions (EMQX, "
+                "Mosquitto 2), or run a single consumer with IOT_MQTT_SHARED_SUBSCRIPTION=false.",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(2) from exc
     platform = Platform.from_settings(settings)
     await platform.start()
     role = IngestRole(platform)

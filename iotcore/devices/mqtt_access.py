@@ -10,6 +10,8 @@ from uuid import UUID
 from iotcore.devices.registry import DeviceIdentity, DeviceRegistry, parse_uuid
 from iotcore.platform.context import Platform
 
+PROBE_PREFIX = "iotcore/probe"  # the ingest account's shared-subscription probe
+
 
 def topic_base(tenant_id: UUID | str, device_id: UUID | str) -> str:
     return f"tenants/{tenant_id}/devices/{device_id}"
@@ -40,11 +42,20 @@ def will_allowed(identity: DeviceIdentity, topic: str) -> bool:
 
 
 def ingest_may(share_group: str, action: str, topic: str) -> bool:
-    """The ingest service account subscribes to every device's telemetry, shared or not."""
-    if action != "subscribe":
-        return False
+    """The ingest service account subscribes to every device's telemetry, shared or not, and
+    to its own probe topic (iotcore/ingest/probe.py), where it may also publish."""
     plain = "tenants/+/devices/+/telemetry"
-    return topic in (plain, f"$share/{share_group}/{plain}")
+    if action == "subscribe" and topic in (plain, f"$share/{share_group}/{plain}"):
+        return True
+    levels = topic.split("/")
+    if action == "subscribe" and len(levels) == 5 and levels[0] == "$share":
+        levels = levels[2:]  # $share/<group>/iotcore/probe/<token>
+    return (
+        action in ("publish", "subscribe")
+        and len(levels) == 3
+        and "/".join(levels[:2]) == PROBE_PREFIX
+        and levels[2] not in ("", "+", "#")
+    )
 
 
 def device_acl(identity: DeviceIdentity) -> list[dict[str, str]]:
@@ -63,6 +74,8 @@ def ingest_acl(share_group: str) -> list[dict[str, str]]:
     return [
         {"permission": "allow", "action": "subscribe", "topic": plain},
         {"permission": "allow", "action": "subscribe", "topic": f"$share/{share_group}/{plain}"},
+        {"permission": "allow", "action": "all", "topic": f"{PROBE_PREFIX}/+"},
+        {"permission": "allow", "action": "subscribe", "topic": f"$share/+/{PROBE_PREFIX}/+"},
         {"permission": "deny", "action": "all", "topic": "#"},
     ]
 
