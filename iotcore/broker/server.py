@@ -117,6 +117,7 @@ class EmbeddedBroker:
         self._pending = _Pending([], [])
         self._held: set[Connection] = set()
         self._handoff = asyncio.Event()
+        self.rechecks = 0  # sessions checked again after a credential change (for tests)
         self._loop = asyncio.get_running_loop()
         self.now = self._loop.time
 
@@ -349,6 +350,12 @@ class EmbeddedBroker:
                 self._spawn(self._recheck(client_id), "broker-recheck")
 
     async def _recheck(self, client_id: str) -> None:
+        try:
+            await self._check_session(client_id)
+        finally:
+            self.rechecks += 1
+
+    async def _check_session(self, client_id: str) -> None:
         session = self.sessions.get(client_id)
         if session is None:
             return

@@ -13,6 +13,7 @@ connection made with the new secret takes the old session over, and the old one 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from urllib.parse import quote
 from uuid import UUID
@@ -29,9 +30,11 @@ ATTEMPTS = 3
 class SessionKicker:
     def __init__(self, settings: Settings) -> None:
         self._url = settings.emqx_api_url.rstrip("/") if settings.emqx_api_url else None
-        self._auth = aiohttp.BasicAuth(
-            settings.emqx_api_key, settings.emqx_api_secret.get_secret_value()
-        )
+        credentials = f"{settings.emqx_api_key}:{settings.emqx_api_secret.get_secret_value()}"
+        self._headers = {
+            "Accept": "application/json",
+            "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
+        }
         self._timeout = aiohttp.ClientTimeout(total=settings.emqx_api_timeout_s)
 
     @property
@@ -43,14 +46,14 @@ class SessionKicker:
         revoked already, so a session that escapes this cannot reconnect."""
         if self._url is None or not device_ids:
             return
-        async with aiohttp.ClientSession(auth=self._auth, timeout=self._timeout) as http:
+        async with aiohttp.ClientSession(headers=self._headers, timeout=self._timeout) as http:
             await asyncio.gather(*(self._kick_one(http, str(d)) for d in device_ids))
 
     async def _kick_one(self, http: aiohttp.ClientSession, client_id: str) -> None:
         url = f"{self._url}/api/v5/clients/{quote(client_id, safe='')}"
         for attempt in range(ATTEMPTS):
             try:
-                async with http.delete(url, headers={"Accept": "application/json"}) as response:
+                async with http.delete(url) as response:
                     if response.status in (204, 404):  # kicked, or not connected
                         SESSION_KICKS.labels("kicked" if response.status == 204 else "absent").inc()
                         return
