@@ -69,7 +69,11 @@ async def test_ingest_refuses_to_start_without_shared_subscriptions(
 async def test_ingest_starts_when_the_broker_serves_shared_subscriptions(
     settings: Settings,
 ) -> None:
-    ingest = consumer_settings(settings, mqtt_shared_subscription=True)
+    # A share group of its own: its persistent session stays in the group after it stops,
+    # and Mosquitto would keep handing it a share of other tests' messages.
+    ingest = consumer_settings(
+        settings, mqtt_shared_subscription=True, mqtt_share_group=f"probe-{time.time_ns()}"
+    )
     consumer = start_iotcore(ingest, "ingest")
     try:
         await wait_ready(ingest.metrics_port)
