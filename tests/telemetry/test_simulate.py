@@ -35,7 +35,7 @@ async def test_simulated_devices_publish_through_the_embedded_broker(
             broker=None,
             devices=3,
             rate=5.0,
-            duration=1.0,
+            duration=3.0,  # each publish waits for its commit: room for 3 on a busy machine
             email=None,
             password=None,
         )
