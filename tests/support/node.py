@@ -63,9 +63,6 @@ def single_node(database: str, **overrides: object) -> Iterator[Node]:
         "http_port": free_port(),
         "metrics_port": free_port(),
         "broker_port": broker_port,
-        "mqtt_url": f"mqtt://127.0.0.1:{broker_port}",
-        # As ops/run.sh: the embedded broker takes plain subscriptions.
-        "mqtt_shared_subscription": False,
         **overrides,
     }
     settings = make_settings(database, **values)
