@@ -32,7 +32,7 @@ from iotcore.devices.registry import DeviceIdentity, DeviceLogin, DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import BROKER_CONNECTIONS, BROKER_REFUSED
 from iotcore.telemetry.service import TelemetryIngest
-from iotcore.telemetry.writer import Submission, TelemetryWriter, WriteResult
+from iotcore.telemetry.writer import Outcome, Submission, TelemetryWriter, WriteResult
 
 log = logging.getLogger("iotcore.broker")
 SWEEP_INTERVAL_S = 1.0
@@ -89,7 +89,7 @@ class _Pending:
     """Telemetry read since the last hand-off to the writer, and the acks it owes."""
 
     submissions: list[Submission]
-    acks: list[tuple[Connection, Ack]]
+    acks: list[tuple[Connection, Ack, int]]  # and the submission's index in the hand-off
     rows: int = 0
 
 
@@ -280,7 +280,8 @@ class EmbeddedBroker:
         pending.submissions.append(submission)
         pending.rows += max(1, submission.rows)
         if message.qos == 1:
-            pending.acks.append((connection, connection.owe_ack(message.packet_id, ready=False)))
+            ack = connection.owe_ack(message.packet_id, ready=False)
+            pending.acks.append((connection, ack, len(pending.submissions) - 1))
         if pending.rows >= self._pending_limit:
             # The writer is behind: stop reading this client until the hand-off catches up.
             connection.hold()
@@ -409,16 +410,24 @@ class EmbeddedBroker:
                 self._drop_session(session)
 
 
-def _committed(done: asyncio.Future[WriteResult], acks: list[tuple[Connection, Ack]]) -> None:
-    """After the commit (or a refusal, recorded as rejects: resending would fail the same
-    way forever), the PUBACKs."""
+def _committed(
+    done: asyncio.Future[list[Outcome]], acks: list[tuple[Connection, Ack, int]]
+) -> None:
+    """After the commit, the PUBACK of every message whose readings are stored or recorded as
+    rejected (a refusal too: resending it would fail the same way forever). A message that is
+    neither must not be acknowledged: its connection is closed, so that the device sends it
+    again on reconnect (the PUBACKs behind it would otherwise wait for ever, in order)."""
     if done.cancelled():
         return
-    done.exception()  # retrieved: a refused batch is logged by the writer
+    outcomes = done.result() if done.exception() is None else None
     touched = set()
-    for connection, ack in acks:
-        ack.ready = True
-        touched.add(connection)
+    for connection, ack, index in acks:
+        if outcomes is not None and isinstance(outcomes[index], WriteResult):
+            ack.ready = True
+            touched.add(connection)
+        else:
+            log.error("telemetry neither stored nor recorded; not acknowledged")
+            connection.close(send_will=False)
     for connection in touched:
         connection.send_acks()
 
