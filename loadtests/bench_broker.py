@@ -116,6 +116,7 @@ def environment(db: str, **extra: str) -> dict[str, str]:
         IOT_REDIS_PREFIX=f"bench:{uuid.uuid4().hex[:8]}:",
         IOT_LOG_LEVEL="WARNING",
         IOT_REGISTER_MAX_PER_IP="100000",
+        IOT_CLAIM_MAX_FAILURES="1000000",  # 32 claims in flight count as attempts
         **extra,
     )
 
