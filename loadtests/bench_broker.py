@@ -202,6 +202,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 consumer = None
 
                 if args.idle_devices:
+                    owner = await tenant(session, base)  # the first token may have expired
                     more = await claimed_devices(session, base, owner, args.idle_devices)
                     idle_file = devices_file(more, Path(tmp) / "idle")
                     report["load_idle"] = loadavg()
