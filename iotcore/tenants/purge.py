@@ -24,6 +24,7 @@ import orjson
 from iotcore.auth.api_keys import API_KEYS_CACHE
 from iotcore.auth.service import USERS_CACHE
 from iotcore.devices.registry import DeviceRegistry
+from iotcore.devices.sessions import SessionKicker
 from iotcore.platform.cache import SharedInvalidationCache
 from iotcore.platform.context import Platform
 from iotcore.platform.db import Connection
@@ -49,6 +50,7 @@ class Purges:
         self._redis = platform.redis
         self._sql = queries("purge")
         self._registry = DeviceRegistry(platform)
+        self._kicker = SessionKicker(platform.settings)
 
     def handlers(self) -> dict[str, Handler]:
         return {"purge_device": self.purge_device, "purge_tenant": self.purge_tenant}
@@ -169,14 +171,12 @@ class Purges:
             await ctx.pause()
 
     async def _finish_pending_devices(self, ctx: JobContext) -> None:
-        """After the commit that revoked them: every replica forgets the devices' credentials
-        (the embedded broker then ends their sessions). Their Redis keys, all named after the
-        tenant, go in the caches phase."""
+        """After the commit that revoked them: their live sessions end. Their Redis keys, all
+        named after the tenant, go in the caches phase."""
         pending = [UUID(d) for d in ctx.progress.get("pending_devices", [])]
         if not pending:
             return
-        for device_id in pending:
-            await self._registry.invalidate(device_id)
+        await self._end_sessions(pending)
 
         async def done(conn: Connection) -> None:
             ctx.progress["pending_devices"] = []
@@ -209,10 +209,15 @@ class Purges:
     async def _finish_pending_devices_after_completion(
         self, ctx: JobContext, tenant_id: UUID
     ) -> None:
-        pending = [UUID(d) for d in ctx.progress.get("pending_devices", [])]
-        for device_id in pending:
-            await self._registry.invalidate(device_id)
+        await self._end_sessions([UUID(d) for d in ctx.progress.get("pending_devices", [])])
         await self._clear_tenant_keys(tenant_id)
+
+    async def _end_sessions(self, device_ids: list[UUID]) -> None:
+        """Every replica forgets the devices' credentials (the embedded broker, told through
+        the registry's channel, closes their sessions); EMQX is told through its REST API."""
+        for device_id in device_ids:
+            await self._registry.invalidate(device_id)
+        await self._kicker.kick(device_ids)
 
     # ------------------------------------------------------------------ shared steps
 

@@ -17,14 +17,24 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from iotcore.config import Settings
 from iotcore.platform.context import Platform
 from iotcore.platform.jobs import JobWorker
 from iotcore.tenants.purge import Purges, run_worker
-from tests.conftest import REPO_ROOT, read_log, settings_env, start_iotcore
+from tests.conftest import (
+    REPO_ROOT,
+    free_port,
+    make_settings,
+    read_log,
+    settings_env,
+    start_iotcore,
+)
+from tests.security.test_mqtt_sessions import EmqxStub
+from tests.support.broker import embedded_broker
 from tests.support.devices import DeviceCredentials, claimed_device
+from tests.support.mqtt import RawClient, raw_client
 from tests.support.replicas import second_replica
 from tests.support.telemetry import basic, post_telemetry
 from tests.support.users import RegisteredUser, add_user, register
@@ -470,3 +480,53 @@ async def test_one_job_is_run_by_one_worker_at_a_time(
     finally:
         for worker in (first, second):
             await worker.close()
+
+
+async def test_tenant_purge_ends_live_mqtt_sessions_and_kicks_emqx(
+    client: Client, settings: Settings, platform: Platform, database: str
+) -> None:
+    # The embedded broker (single node): the session of a device of the purged tenant ends.
+    async with embedded_broker(platform) as broker:
+        owner = await register(client, tenant_name="Connected Ltd")
+        device = await claimed_device(client, settings, owner)
+        mqtt = await RawClient.open("127.0.0.1", broker.port)
+        code, _ = await mqtt.connect(
+            device.device_id, username=device.device_id, password=device.secret
+        )
+        assert code == 0
+        response = await client.delete(
+            "/api/v1/tenant", json={"confirmation": "Connected Ltd"}, headers=owner.headers
+        )
+        assert response.status == 202
+        await run_jobs(platform)
+        assert await mqtt.closed_by_broker(), "the session outlived the tenant"
+        async with raw_client("127.0.0.1", broker.port) as again:
+            code, _ = await again.connect(
+                device.device_id, username=device.device_id, password=device.secret
+            )
+            assert code != 0, "the revoked secret connected again"
+    # EMQX (production): the purge kicks each device through the REST API.
+    stub = EmqxStub("iotcore-kicker", "s" * 40)
+    server = TestServer(stub.app(), port=free_port())
+    await server.start_server()
+    emqx_settings = make_settings(
+        database,
+        emqx_api_url=str(server.make_url("")).rstrip("/"),
+        emqx_api_key="iotcore-kicker",
+        emqx_api_secret="s" * 40,
+    )
+    emqx_platform = Platform.from_settings(emqx_settings)
+    await emqx_platform.start()
+    try:
+        owner = await register(client, tenant_name="Kicked Ltd")
+        devices = [await claimed_device(client, settings, owner) for _ in range(2)]
+        response = await client.delete(
+            "/api/v1/tenant", json={"confirmation": "Kicked Ltd"}, headers=owner.headers
+        )
+        assert response.status == 202
+        await run_jobs(emqx_platform)
+    finally:
+        await emqx_platform.close()
+        await server.close()
+    kicked = {path for method, path, _, _ in stub.requests if method == "DELETE"}
+    assert kicked == {f"/api/v5/clients/{d.device_id}" for d in devices}
