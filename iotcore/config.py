@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # A connection waiting for a request head (idle keep-alive, or a head sent in part) is
     # closed after this long.
     http_idle_timeout_s: float = Field(default=30, gt=0)
+    # Live streams (SSE): open at once per user and per tenant, on all replicas together;
+    # Redis connections for their reads, per process.
+    stream_max_per_user: int = Field(default=5, ge=1)
+    stream_max_per_tenant: int = Field(default=50, ge=1)
+    stream_redis_connections: int = Field(default=10, ge=1)
     metrics_port: int = Field(
         default=9100,
         ge=0,
