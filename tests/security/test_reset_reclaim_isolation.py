@@ -25,8 +25,7 @@ from iotcore.platform.context import Platform
 from tests.support.devices import (
     DeviceCredentials,
     ProvisionedDevice,
-    claim,
-    device_call,
+    claim_with_secret,
     provision,
 )
 from tests.support.telemetry import post_telemetry
@@ -55,25 +54,6 @@ def ms(ts: datetime) -> int:
 
 def device_url(device: ProvisionedDevice | DeviceCredentials, tail: str = "") -> str:
     return f"/api/v1/devices/{device.device_id}{tail}"
-
-
-async def claim_with_secret(
-    client: Client, owner: RegisteredUser, device: ProvisionedDevice
-) -> DeviceCredentials:
-    response = await claim(client, owner, device)
-    assert response.status == 200, await response.text()
-    secret_response = await device_call(client, device, "/api/v1/devices/secret")
-    answer = await secret_response.json()
-    assert secret_response.status == 200, answer
-    return DeviceCredentials(
-        device_id=device.device_id,
-        tenant_id=answer["tenant_id"],
-        serial_number=device.serial_number,
-        secret=answer["secret"],
-        device_key=device.device_key,
-        telemetry_topic=answer["mqtt"]["telemetry_topic"],
-        status_topic=answer["mqtt"]["status_topic"],
-    )
 
 
 async def a_uses_the_device(client: Client, settings: Settings) -> tuple[Any, ...]:

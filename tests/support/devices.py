@@ -97,6 +97,15 @@ async def claimed_device(
     owner: RegisteredUser,  # type: ignore[type-arg]
 ) -> DeviceCredentials:
     (device,) = await provision(client, settings)
+    return await claim_with_secret(client, owner, device)
+
+
+async def claim_with_secret(
+    client: TestClient,  # type: ignore[type-arg]
+    owner: RegisteredUser,
+    device: ProvisionedDevice,
+) -> DeviceCredentials:
+    """`owner` claims an already provisioned `device`, which then fetches its secret."""
     response = await claim(client, owner, device)
     assert response.status == 200, await response.text()
     secret_response = await device_call(client, device, "/api/v1/devices/secret")
