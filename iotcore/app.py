@@ -11,18 +11,15 @@ from iotcore.auth import routes as auth_routes
 from iotcore.config import Settings
 from iotcore.console import routes as console_routes
 from iotcore.devices import routes as devices_routes
-from iotcore.platform import health, listeners
-from iotcore.platform.context import PLATFORM_KEY, Platform
-from iotcore.platform.http import (
-    SETTINGS_KEY,
-    Endpoint,
-    add_endpoints,
-    add_request_id_header,
-    observe_middleware,
-)
+from iotcore.platform import docs, health, scrape
+from iotcore.platform.context import PLATFORM_KEY, SETTINGS_KEY, Platform
+from iotcore.platform.http import listeners
+from iotcore.platform.http.endpoints import Endpoint, add_endpoints
+from iotcore.platform.http.middleware import add_request_id_header, observe_middleware
+from iotcore.platform.http.server import hide_server_banner
 from iotcore.platform.openapi import CONTRACT_VERSION
-from iotcore.platform.server import hide_server_banner
-from iotcore.telemetry import routes as telemetry_routes
+from iotcore.telemetry.ingest import routes as telemetry_ingest_routes
+from iotcore.telemetry.read import routes as telemetry_read_routes
 from iotcore.tenants import routes as tenants_routes
 
 
@@ -61,8 +58,16 @@ def create_app(
 
         app.on_startup.append(start_platform)
 
-    endpoints: list[Endpoint] = [*health.ENDPOINTS]
-    for domain in (auth_routes, devices_routes, telemetry_routes, tenants_routes, console_routes):
+    endpoints: list[Endpoint] = [*health.ENDPOINTS, *scrape.ENDPOINTS, *docs.ENDPOINTS]
+    domains = (
+        auth_routes,
+        devices_routes,
+        telemetry_ingest_routes,
+        telemetry_read_routes,
+        tenants_routes,
+        console_routes,
+    )
+    for domain in domains:
         domain.setup(app)
         endpoints.extend(domain.ENDPOINTS)
     if owns_platform:
@@ -70,5 +75,5 @@ def create_app(
         app.on_cleanup.append(close_platform)
     add_endpoints(app, endpoints)
     documented = endpoints if internal_port is None else listeners.public_endpoints(endpoints)
-    health.install_openapi(app, documented, CONTRACT_VERSION, package_version())
+    docs.install_openapi(app, documented, CONTRACT_VERSION, package_version())
     return app

@@ -15,14 +15,12 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from iotcore.config import Settings, get_settings
-from iotcore.devices import client as device_client
-from iotcore.operations import smoke
 from iotcore.platform.context import Platform
+from iotcore.platform.http.server import ApiRunner
 from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
-from iotcore.platform.server import ApiRunner
-from iotcore.telemetry import simulate
 from iotcore.tenants import cli as purge_cli
+from iotcore.tools import factory_client, simulate, smoke
 
 log = logging.getLogger("iotcore.cli")
 
@@ -79,7 +77,7 @@ async def run_api(settings: Settings, args: argparse.Namespace) -> None:
 
 async def start_ops_server(platform: Platform) -> web.AppRunner:
     """/metrics and health on IOT_METRICS_PORT for the roles that do not serve the API."""
-    from iotcore.platform.health import create_ops_app
+    from iotcore.platform.ops_app import create_ops_app
 
     settings = platform.settings
     runner = ApiRunner(create_ops_app(platform), settings)
@@ -89,8 +87,8 @@ async def start_ops_server(platform: Platform) -> web.AppRunner:
 
 
 async def run_ingest(settings: Settings, args: argparse.Namespace) -> None:
-    from iotcore.ingest.consumer import IngestRole
-    from iotcore.ingest.probe import SharedSubscriptionsUnsupported, check_shared_subscriptions
+    from iotcore.mqtt.consumer import IngestRole
+    from iotcore.mqtt.probe import SharedSubscriptionsUnsupported, check_shared_subscriptions
 
     if settings.mqtt_shared_subscription:
         try:
@@ -157,10 +155,10 @@ async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
 
 async def run_broker(settings: Settings, args: argparse.Namespace) -> None:
     """The embedded broker alone: it writes telemetry itself, through its own writer."""
-    from iotcore.broker.server import start_broker
     from iotcore.devices.registry import DeviceRegistry
-    from iotcore.telemetry.service import TelemetryIngest
-    from iotcore.telemetry.writer import TelemetryWriter
+    from iotcore.mqtt.broker.server import start_broker
+    from iotcore.telemetry.ingest.service import TelemetryIngest
+    from iotcore.telemetry.ingest.writer import TelemetryWriter
 
     platform = Platform.from_settings(settings)
     await platform.start()
@@ -184,9 +182,9 @@ async def run_broker(settings: Settings, args: argparse.Namespace) -> None:
 async def run_all(settings: Settings, args: argparse.Namespace) -> None:
     """Single node: the API, the embedded broker and maintenance, sharing one platform. The
     broker hands telemetry to the API's writer itself: no consumer, no broker queue."""
-    from iotcore.broker.server import start_broker
     from iotcore.maintenance.jobs import run_forever
-    from iotcore.telemetry.service import TELEMETRY_INGEST_KEY
+    from iotcore.mqtt.broker.server import start_broker
+    from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY
     from iotcore.tenants.purge import run_worker
 
     platform = Platform.from_settings(settings)
@@ -245,7 +243,7 @@ ASYNC_ROLES: dict[str, AsyncRole] = {
 }
 
 
-CLIENT_COMMANDS = {"factory": device_client.run_factory, "device": device_client.run_device}
+CLIENT_COMMANDS = {"factory": factory_client.run_factory, "device": factory_client.run_device}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("steps", type=int)
     actions.add_parser("status", help="list migrations, applied or pending")
     actions.add_parser("check", help="fail on misnumbered migrations or missing rollbacks")
-    device_client.add_parsers(roles)
+    factory_client.add_parsers(roles)
     purge_cli.add_parser(roles)
     simulate.add_parser(roles)
     smoke.add_parser(roles)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from iotcore.devices import client as device_client
 from iotcore.devices import signing
+from iotcore.tools import factory_client
 
 DEV_FACTORY_KEY = ("mk1", "dev-only-manufacturing-key-change-me-012345")
 
@@ -40,7 +40,7 @@ async def claimed_devices(
     provisioned = []
     for start in range(0, count, 1000):
         serials = [f"BENCH-{uuid.uuid4().hex[:12]}" for _ in range(min(1000, count - start))]
-        path, body, signed = device_client.factory_request(
+        path, body, signed = factory_client.factory_request(
             key_id, secret, [{"serial_number": s, "model": "bench"} for s in serials]
         )
         async with session.post(base + path, data=body, headers=signed) as response:
@@ -54,7 +54,7 @@ async def claimed_devices(
                 base + "/api/v1/devices/claim", json=body, headers=headers
             ) as response:
                 assert response.status == 200, await response.text()
-            path, raw, signed = device_client.device_request(
+            path, raw, signed = factory_client.device_request(
                 device["device_id"],
                 signing.decode_device_key(device["device_key"]),
                 "/api/v1/devices/secret",

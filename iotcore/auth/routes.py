@@ -27,7 +27,10 @@ from iotcore.auth.schemas import (
 from iotcore.auth.service import AuthService, Caller
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated
-from iotcore.platform.http import Endpoint, ascii_header, client_ip, json_response, parse_body
+from iotcore.platform.http.caller import ascii_header, client_ip
+from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.parsing import parse_body
+from iotcore.platform.http.responses import json_response
 from iotcore.platform.pagination import ListQuery
 
 AUTH_SERVICE_KEY = web.AppKey("auth_service", AuthService)

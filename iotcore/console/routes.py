@@ -21,8 +21,11 @@ from iotcore.auth.routes import AUTH_SERVICE_KEY
 from iotcore.auth.schemas import LoginRequest, RegisterRequest, TokenResponse
 from iotcore.auth.service import Caller
 from iotcore.console.schemas import ConsoleSession
+from iotcore.platform.context import SETTINGS_KEY
 from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated
-from iotcore.platform.http import SETTINGS_KEY, Endpoint, client_ip, json_response
+from iotcore.platform.http.caller import client_ip
+from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.responses import json_response
 
 STATIC_DIR = Path(__file__).parent / "static"
 SESSION_PATH = "/console/session/"

@@ -43,7 +43,7 @@ def will_allowed(identity: DeviceIdentity, topic: str) -> bool:
 
 def ingest_may(share_group: str, action: str, topic: str) -> bool:
     """The ingest service account subscribes to every device's telemetry, shared or not, and
-    to its own probe topic (iotcore/ingest/probe.py), where it may also publish."""
+    to its own probe topic (iotcore/mqtt/probe.py), where it may also publish."""
     plain = "tenants/+/devices/+/telemetry"
     if action == "subscribe" and topic in (plain, f"$share/{share_group}/{plain}"):
         return True

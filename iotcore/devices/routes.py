@@ -31,7 +31,10 @@ from iotcore.devices.service import DeviceService
 from iotcore.devices.verification import SignedRequest
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound, Unauthenticated
-from iotcore.platform.http import Endpoint, ascii_header, client_ip, json_response, read_body
+from iotcore.platform.http.caller import ascii_header, client_ip
+from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.parsing import read_body
+from iotcore.platform.http.responses import json_response
 
 TAG = "devices"
 DENY = {"result": "deny"}

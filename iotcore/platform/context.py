@@ -35,3 +35,4 @@ class Platform:
 
 
 PLATFORM_KEY = web.AppKey("platform", Platform)
+SETTINGS_KEY = web.AppKey("settings", Settings)

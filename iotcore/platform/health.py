@@ -1,4 +1,4 @@
-"""Liveness, readiness (Postgres, Redis, migrations at head, other roles), metrics, OpenAPI."""
+"""Liveness and readiness: Postgres, Redis, migrations at head, and checks other roles add."""
 
 from __future__ import annotations
 
@@ -9,30 +9,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
-import prometheus_client
 from aiohttp import web
 from pydantic import BaseModel
 
-from iotcore.platform.context import PLATFORM_KEY, Platform
-from iotcore.platform.http import (
-    SETTINGS_KEY,
-    Endpoint,
-    add_endpoints,
-    json_response,
-    observe_middleware,
-)
-from iotcore.platform.metrics import (
-    DB_POOL_CONNECTIONS,
-    READY,
-    READY_CHECK,
-    WRITER_QUEUE_CAPACITY,
-)
-from iotcore.platform.openapi import build_openapi, render_docs_page
-from iotcore.platform.server import hide_server_banner
+from iotcore.platform.context import Platform
+from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.responses import json_response
+from iotcore.platform.metrics import READY, READY_CHECK
 
 log = logging.getLogger("iotcore.health")
 CHECK_TIMEOUT_S = 1.5
-OPENAPI_KEY = web.AppKey("openapi", dict)
 
 
 class Live(BaseModel):
@@ -154,27 +140,6 @@ async def ready(request: web.Request) -> web.Response:
     )
 
 
-async def metrics(request: web.Request) -> web.Response:
-    platform = request.app[PLATFORM_KEY]
-    WRITER_QUEUE_CAPACITY.set(platform.settings.writer_queue_rows)
-    for pool, sizes in platform.db.pool_sizes().items():
-        for state, value in sizes.items():
-            DB_POOL_CONNECTIONS.labels(pool, state).set(value)
-    # The readiness checks (coalesced with the probes) give every scrape the dependencies'
-    # state, so alerts and dashboards do not depend on someone polling /health/ready.
-    observe_readiness(await request.app[PROBE_KEY].check())
-    body = prometheus_client.generate_latest()
-    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    return json_response(request.app[OPENAPI_KEY])
-
-
-async def docs_page(request: web.Request) -> web.Response:
-    return web.Response(text=render_docs_page(request.app[OPENAPI_KEY]), content_type="text/html")
-
-
 ENDPOINTS = [
     Endpoint(
         "GET", "/api/v1/health/live", live, "Process is up", "operations", responses={200: Live}
@@ -187,45 +152,8 @@ ENDPOINTS = [
         "operations",
         responses={200: Ready, 503: Ready},
     ),
-    Endpoint(
-        "GET",
-        "/metrics",
-        metrics,
-        "Prometheus metrics",
-        "operations",
-        response_content_type="text/plain",
-    ),
-    Endpoint("GET", "/api/v1/openapi.json", openapi_json, "This document", "operations"),
-    Endpoint(
-        "GET",
-        "/api/v1/docs",
-        docs_page,
-        "Human-readable API index",
-        "operations",
-        response_content_type="text/html",
-    ),
 ]
 
 
 def install(app: web.Application, platform: Platform) -> None:
     app[PROBE_KEY] = ReadinessProbe(platform)
-
-
-def install_openapi(
-    app: web.Application, endpoints: list[Endpoint], version: str, implementation: str | None = None
-) -> None:
-    app[OPENAPI_KEY] = build_openapi(endpoints, version, implementation)
-
-
-def create_ops_app(platform: Platform) -> web.Application:
-    """Health and metrics for roles without the API (ingest, broker, maintain)."""
-
-    app = web.Application(middlewares=[observe_middleware])
-    app[SETTINGS_KEY] = platform.settings
-    app[PLATFORM_KEY] = platform
-    app.on_response_prepare.append(hide_server_banner)
-    install(app, platform)
-    endpoints = [e for e in ENDPOINTS if e.path != "/api/v1/docs"]
-    add_endpoints(app, endpoints)
-    install_openapi(app, endpoints, "ops")
-    return app

@@ -49,7 +49,7 @@ INGEST_PUBLISH_LAG = Histogram(
 )
 RATE_LIMITED = Counter("iotcore_rate_limited_total", "Requests refused by a rate limit", ["scope"])
 
-# Read at scrape time (iotcore.platform.health.metrics), not kept up to date by the hot path.
+# Read at scrape time (iotcore.platform.scrape.metrics), not kept up to date by the hot path.
 DB_POOL_CONNECTIONS = Gauge(
     "iotcore_db_pool_connections",
     "Database pool connections by pool (primary, read) and state (in_use, idle, max)",

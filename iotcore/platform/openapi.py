@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from iotcore.platform.http import Endpoint
+from iotcore.platform.http.endpoints import Endpoint
 
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 _REF = "#/components/schemas/{model}"
@@ -187,24 +186,3 @@ def build_openapi(
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
     }
-
-
-def render_docs_page(document: dict[str, Any]) -> str:
-    """A plain HTML index of the API, readable without JavaScript or a CDN."""
-    rows = []
-    for path, operations in document["paths"].items():
-        for method, op in operations.items():
-            statuses = ", ".join(s for s in op["responses"] if s != "default")
-            rows.append(
-                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(op['summary'])}</td><td>{html.escape(statuses)}</td></tr>"
-            )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>iotcore API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;text-align:left}"
-        "tr:nth-child(even){background:#f3f3f3}</style></head><body>"
-        f"<h1>iotcore API v{html.escape(document['info']['version'])}</h1>"
-        "<p>Machine-readable: <a href='/api/v1/openapi.json'>/api/v1/openapi.json</a> "
-        "(OpenAPI 3.1).</p><table><tr><th>method</th><th>path</th><th>what</th>"
-        f"<th>statuses</th></tr>{''.join(rows)}</table></body></html>"
-    )

@@ -16,7 +16,7 @@ import orjson
 
 from iotcore.platform.redis import Redis
 from iotcore.telemetry.derived import LATEST_TTL_S, LIVE_TTL_S, LIVE_WINDOW_MS, latest_key, live_key
-from iotcore.telemetry.store import Submission
+from iotcore.telemetry.ingest.store import Submission
 
 log = logging.getLogger("iotcore.telemetry.cache")
 

@@ -9,7 +9,9 @@ from aiohttp import web
 from iotcore.auth.routes import require_user
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound
-from iotcore.platform.http import Endpoint, client_ip, json_response
+from iotcore.platform.http.caller import client_ip
+from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.responses import json_response
 from iotcore.tenants.schemas import DeleteTenantRequest, JobAccepted, JobOut, PurgeDeviceRequest
 from iotcore.tenants.service import TenantService
 

@@ -24,7 +24,7 @@ from httpload import LoadResult, free_port, run_load, start_api
 from iotcore.maintenance.jobs import refresh_rollups
 from iotcore.platform.migrations import Migrator
 from iotcore.platform.sql import queries
-from iotcore.telemetry.read_service import RollupSpan, TimeRange, rollup_span
+from iotcore.telemetry.read.service import RollupSpan, TimeRange, rollup_span
 from read.seed import insert_devices, seed_telemetry
 
 DB = "iotcore_bench_year"

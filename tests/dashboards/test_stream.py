@@ -15,10 +15,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
-from iotcore.ingest.consumer import IngestRole
+from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
-from iotcore.telemetry.service import TELEMETRY_INGEST_KEY
-from iotcore.telemetry.stream import _events
+from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY
+from iotcore.telemetry.read.stream import _events
 from tests.support.devices import claimed_device
 from tests.support.telemetry import post_telemetry
 from tests.support.users import register

@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
-from iotcore.devices import client as device_client
 from iotcore.devices import signing
+from iotcore.tools import factory_client
 from tests.support.devices import (
     claim,
     claimed_device,
@@ -41,7 +41,7 @@ async def test_bulk_provisioning_is_idempotent_by_serial(
     serials = [unique_serial() for _ in range(3)]
     first = await provision(client, settings, serials=serials)
     key_id, secret = factory_key(settings)
-    path, body, headers = device_client.factory_request(
+    path, body, headers = factory_client.factory_request(
         key_id,
         secret,
         [{"serial_number": s, "model": "test-sensor"} for s in serials],
@@ -213,7 +213,7 @@ class SignedAttack:
 
 async def test_expired_timestamp_is_refused(client: Client, settings: Settings) -> None:
     key_id, secret = factory_key(settings)
-    path, body, headers = device_client.factory_request(
+    path, body, headers = factory_client.factory_request(
         key_id,
         secret,
         [{"serial_number": unique_serial(), "model": "m"}],
@@ -226,7 +226,7 @@ async def test_expired_timestamp_is_refused(client: Client, settings: Settings) 
 
 async def test_replayed_signature_is_refused(client: Client, settings: Settings) -> None:
     key_id, secret = factory_key(settings)
-    path, body, headers = device_client.factory_request(
+    path, body, headers = factory_client.factory_request(
         key_id, secret, [{"serial_number": unique_serial(), "model": "m"}]
     )
     assert (await client.post(path, data=body, headers=headers)).status == 201
@@ -237,7 +237,7 @@ async def test_replayed_signature_is_refused(client: Client, settings: Settings)
 
 async def test_signature_over_another_body_is_refused(client: Client, settings: Settings) -> None:
     key_id, secret = factory_key(settings)
-    path, _, headers = device_client.factory_request(
+    path, _, headers = factory_client.factory_request(
         key_id, secret, [{"serial_number": unique_serial(), "model": "m"}]
     )
     other = b'{"devices": [{"serial_number": "EVIL-1", "model": "m"}]}'
@@ -248,7 +248,7 @@ async def test_signature_over_another_body_is_refused(client: Client, settings: 
 
 async def test_unknown_key_id_is_refused(client: Client, settings: Settings) -> None:
     _, secret = factory_key(settings)
-    path, body, headers = device_client.factory_request(
+    path, body, headers = factory_client.factory_request(
         "no-such-key", secret, [{"serial_number": unique_serial(), "model": "m"}]
     )
     response = await client.post(path, data=body, headers=headers)
@@ -260,7 +260,7 @@ async def test_device_request_signed_with_the_wrong_key_is_refused(
     client: Client, settings: Settings
 ) -> None:
     (device,) = await provision(client, settings)
-    path, body, headers = device_client.device_request(device.device_id, b"x" * 32, BOOTSTRAP)
+    path, body, headers = factory_client.device_request(device.device_id, b"x" * 32, BOOTSTRAP)
     response = await client.post(path, data=body, headers=headers)
     assert response.status == 401
 
@@ -268,6 +268,6 @@ async def test_device_request_signed_with_the_wrong_key_is_refused(
 async def test_bad_factory_bodies_are_422(client: Client, settings: Settings) -> None:
     key_id, secret = factory_key(settings)
     for devices in ([], [{"serial_number": "A", "model": "m"}] * 2, [{"model": "m"}]):
-        path, body, headers = device_client.factory_request(key_id, secret, devices)
+        path, body, headers = factory_client.factory_request(key_id, secret, devices)
         response = await client.post(path, data=body, headers=headers)
         assert response.status == 422, devices

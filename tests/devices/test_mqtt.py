@@ -12,9 +12,9 @@ import aiomqtt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from iotcore.broker.server import EmbeddedBroker
 from iotcore.config import Settings
 from iotcore.devices.routes import DEVICE_REGISTRY_KEY
+from iotcore.mqtt.broker.server import EmbeddedBroker
 from iotcore.platform.context import Platform
 from tests.conftest import REPO_ROOT
 from tests.support.broker import embedded_broker

@@ -30,7 +30,7 @@ import requests
 import schemathesis
 from hypothesis import strategies as st
 
-from iotcore.devices import client as device_client
+from iotcore.tools import factory_client
 
 WRITING = {"POST", "PUT", "PATCH"}
 DESTRUCTIVE_SUFFIXES = ("/reset", "/purge")
@@ -59,7 +59,7 @@ class SignedRequestAuth(requests.auth.AuthBase):
         if not isinstance(body, bytes):
             raise TypeError("a streamed body cannot be signed")
         path = urlsplit(request.url or "").path
-        headers = device_client.signed_headers(
+        headers = factory_client.signed_headers(
             self.key, self.identity_header, self.identity, request.method or "GET", path, body
         )
         for name in (self.identity_header, "X-Timestamp", "X-Signature"):

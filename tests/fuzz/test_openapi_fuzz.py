@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from iotcore.config import Settings
-from iotcore.devices import client as device_client
+from iotcore.tools import factory_client
 from tests.conftest import REPO_ROOT, free_port, make_settings, read_log, start_iotcore
 
 CHECKS = ",".join(
@@ -162,7 +162,7 @@ def _provision(api: Api, count: int) -> list[dict[str, Any]]:
     key_id = api.settings.manufacturing_signing_key_id
     secret = api.settings.manufacturing_key_ring[key_id]
     serials = [f"FUZZ-{uuid.uuid4().hex[:12].upper()}" for _ in range(count)]
-    path, body, headers = device_client.factory_request(
+    path, body, headers = factory_client.factory_request(
         key_id, secret, [{"serial_number": s, "model": "fuzz-sensor"} for s in serials]
     )
     status, answer = api.call("POST", path, body, headers)
@@ -182,7 +182,7 @@ def _claim(api: Api, token: str, device: dict[str, Any]) -> None:
 
 def _fetch_secret(api: Api, device: dict[str, Any]) -> str:
     key = base64.urlsafe_b64decode(device["device_key"] + "=" * (-len(device["device_key"]) % 4))
-    path, body, headers = device_client.device_request(
+    path, body, headers = factory_client.device_request(
         device["device_id"], key, "/api/v1/devices/secret"
     )
     status, answer = api.call("POST", path, body, headers)

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 import yaml
 
-from iotcore.operations.smoke import STEPS, SmokeRun, run_smoke
+from iotcore.tools.smoke import STEPS, SmokeRun, run_smoke
 from tests.conftest import REPO_ROOT, free_port, make_settings, start_iotcore
 from tests.support.node import Node, single_node, stop, wait_until_ready
 

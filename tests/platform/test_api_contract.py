@@ -7,7 +7,7 @@ import re
 
 from iotcore.app import create_app
 from iotcore.config import Settings
-from iotcore.platform.health import OPENAPI_KEY
+from iotcore.platform.docs import OPENAPI_KEY
 from iotcore.platform.openapi import CONTRACT_VERSION
 from tests.conftest import REPO_ROOT
 

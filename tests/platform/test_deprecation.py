@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from iotcore.platform.http import Endpoint, add_endpoints, json_response, observe_middleware
+from iotcore.platform.http.endpoints import Endpoint, add_endpoints
+from iotcore.platform.http.middleware import observe_middleware
+from iotcore.platform.http.responses import json_response
 from iotcore.platform.openapi import build_openapi
 from iotcore.platform.versioning import Deprecation
 

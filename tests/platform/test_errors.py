@@ -9,15 +9,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel, Field
 
+from iotcore.platform.context import SETTINGS_KEY
 from iotcore.platform.errors import Conflict
-from iotcore.platform.http import (
-    SETTINGS_KEY,
-    Endpoint,
-    add_endpoints,
-    add_request_id_header,
-    json_response,
-    observe_middleware,
-)
+from iotcore.platform.http.endpoints import Endpoint, add_endpoints
+from iotcore.platform.http.middleware import add_request_id_header, observe_middleware
+from iotcore.platform.http.responses import json_response
 from tests.conftest import make_settings
 
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from iotcore.app import create_app
 from iotcore.config import Settings
-from iotcore.platform.server import ApiRunner
+from iotcore.platform.http.server import ApiRunner
 from tests.conftest import make_settings
 
 Client = TestClient  # type: ignore[type-arg]

@@ -13,7 +13,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
-from iotcore.devices import client as device_client
+from iotcore.tools import factory_client
 from tests.support.devices import claimed_device, factory_key
 from tests.support.telemetry import post_telemetry
 from tests.support.users import register
@@ -95,7 +95,7 @@ async def test_nul_characters_in_any_string_field_are_refused(
         {"serial_number": f"SN{nul}", "model": "m"},
         {"serial_number": "SN-NUL-1", "model": nul},
     ):
-        path, raw, headers = device_client.factory_request(key_id, secret, [item])
+        path, raw, headers = factory_client.factory_request(key_id, secret, [item])
         await _refused(await client.post(path, data=raw, headers=headers), 422)
     # Telemetry: a metric name with a NUL is a rejected point, not a database error.
     await _refused(await post_telemetry(client, device, {"metrics": {nul: 1}}), 422)

@@ -19,10 +19,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from iotcore.app import create_app
-from iotcore.broker.server import EmbeddedBroker
-from iotcore.broker.sessions import Message
 from iotcore.config import Settings
 from iotcore.maintenance.jobs import end_expired_rotations
+from iotcore.mqtt.broker.server import EmbeddedBroker
+from iotcore.mqtt.broker.sessions import Message
 from iotcore.platform.context import Platform
 from tests.conftest import free_port, make_settings
 from tests.support.broker import embedded_broker

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
-from iotcore.devices import client as device_client
+from iotcore.tools import factory_client
 from tests.support import rawhttp
 from tests.support.devices import provision
 
@@ -25,7 +25,7 @@ async def test_respelled_signatures_are_refused_and_cannot_dodge_the_replay_cach
     client: Client, settings: Settings
 ) -> None:
     (device,) = await provision(client, settings)
-    path, body, headers = device_client.device_request(
+    path, body, headers = factory_client.device_request(
         device.device_id, device.device_key, BOOTSTRAP
     )
     signature = headers["X-Signature"].encode()
@@ -60,7 +60,7 @@ async def test_respelled_signatures_are_refused_and_cannot_dodge_the_replay_cach
 
 async def test_other_signed_headers_have_one_spelling(client: Client, settings: Settings) -> None:
     (device,) = await provision(client, settings)
-    path, body, headers = device_client.device_request(
+    path, body, headers = factory_client.device_request(
         device.device_id, device.device_key, BOOTSTRAP
     )
     timestamp = headers["X-Timestamp"].encode()

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from iotcore.platform.http import SETTINGS_KEY
+from iotcore.platform.context import SETTINGS_KEY
 from tests.conftest import REDIS_URL
 from tests.security.conftest import ApiFactory, Client
 from tests.support.devices import claimed_device

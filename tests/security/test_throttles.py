@@ -9,7 +9,7 @@ import asyncio
 import uuid
 from collections import Counter
 
-from iotcore.platform.http import SETTINGS_KEY
+from iotcore.platform.context import SETTINGS_KEY
 from tests.security.conftest import ApiFactory
 from tests.support.devices import provision
 from tests.support.users import register

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from iotcore.broker.server import EmbeddedBroker, start_broker
 from iotcore.devices.registry import DeviceRegistry
+from iotcore.mqtt.broker.server import EmbeddedBroker, start_broker
 from iotcore.platform.context import Platform
-from iotcore.telemetry.service import TelemetryIngest
-from iotcore.telemetry.writer import TelemetryWriter
+from iotcore.telemetry.ingest.service import TelemetryIngest
+from iotcore.telemetry.ingest.writer import TelemetryWriter
 
 
 @asynccontextmanager

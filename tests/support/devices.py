@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
-from iotcore.devices import client as device_client
 from iotcore.devices import signing
+from iotcore.tools import factory_client
 from tests.support.users import RegisteredUser
 
 _numbers = itertools.count(1)
@@ -53,7 +53,7 @@ async def provision(
 ) -> list[ProvisionedDevice]:
     serials = serials or [unique_serial() for _ in range(count)]
     key_id, secret = factory_key(settings)
-    path, body, headers = device_client.factory_request(
+    path, body, headers = factory_client.factory_request(
         key_id, secret, [{"serial_number": s, "model": "test-sensor"} for s in serials]
     )
     response = await client.post(path, data=body, headers=headers)
@@ -75,7 +75,7 @@ async def device_call(
     device: ProvisionedDevice,
     path: str,  # type: ignore[type-arg]
 ) -> Any:
-    path, body, headers = device_client.device_request(device.device_id, device.device_key, path)
+    path, body, headers = factory_client.device_request(device.device_id, device.device_key, path)
     return await client.post(path, data=body, headers=headers)
 
 

@@ -12,7 +12,7 @@ from importlib.metadata import version
 import aiomqtt
 import paho.mqtt.client as paho
 
-from iotcore.ingest.consumer import _PUBACK, ack_all
+from iotcore.mqtt.consumer import _PUBACK, ack_all
 from tests.conftest import REPO_ROOT
 
 PINNED = ("aiomqtt", "paho-mqtt")

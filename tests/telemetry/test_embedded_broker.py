@@ -21,8 +21,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from iotcore.broker.server import EmbeddedBroker
 from iotcore.config import Settings
+from iotcore.mqtt.broker.server import EmbeddedBroker
 from iotcore.platform.context import Platform
 from tests.conftest import (
     OWNER_URL,

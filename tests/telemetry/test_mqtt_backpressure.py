@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from iotcore.config import Settings
-from iotcore.ingest.consumer import IngestRole
+from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
 from tests.telemetry.test_mqtt_ingest import (
     Client,

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from iotcore.config import Settings
-from iotcore.ingest.consumer import IngestRole
+from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
 from tests.conftest import SERVICE_URL, free_port, read_log, start_iotcore, with_database
 from tests.support.devices import DeviceCredentials, claimed_device

@@ -9,10 +9,10 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from iotcore.app import create_app
-from iotcore.broker.server import start_broker
+from iotcore.mqtt.broker.server import start_broker
 from iotcore.platform.context import Platform
-from iotcore.telemetry.service import TELEMETRY_INGEST_KEY
-from iotcore.telemetry.simulate import run_simulation
+from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY
+from iotcore.tools.simulate import run_simulation
 from tests.conftest import free_port, make_settings
 
 

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from iotcore.app import create_app
 from iotcore.config import Settings
-from iotcore.ingest.consumer import IngestRole
+from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
 from tests.conftest import SERVICE_URL, make_settings, read_log, start_iotcore, with_database
 from tests.support.devices import DeviceCredentials, claimed_device

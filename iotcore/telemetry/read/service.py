@@ -20,8 +20,8 @@ from iotcore.platform.pagination import decode_cursor, encode_cursor
 from iotcore.platform.sql import queries
 from iotcore.platform.types import rfc3339_ms, within_range
 from iotcore.telemetry.derived import LATEST_TTL_S, EtagSlot, latest_key, remember_etag
-from iotcore.telemetry.payload import METRIC_NAME
-from iotcore.telemetry.read_schemas import (
+from iotcore.telemetry.ingest.payload import METRIC_NAME
+from iotcore.telemetry.read.schemas import (
     FUNCTIONS,
     AggregateQuery,
     RawQuery,

@@ -12,7 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from iotcore.config import Settings
 from iotcore.platform import errors
-from iotcore.platform.http import error_response
+from iotcore.platform.http.envelope import error_response
 
 SERVER_NAME = "iotcore"
 log = logging.getLogger("iotcore.http")

@@ -35,7 +35,7 @@ from iotcore.platform.metrics import (
     WRITER_REFUSED,
 )
 from iotcore.telemetry.cache import TelemetryCache
-from iotcore.telemetry.store import (
+from iotcore.telemetry.ingest.store import (
     NotRecorded,
     Outcome,
     Reject,

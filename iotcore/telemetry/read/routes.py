@@ -13,8 +13,9 @@ from iotcore.devices.registry import parse_uuid
 from iotcore.devices.routes import DEVICE_REGISTRY_KEY
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound
-from iotcore.platform.http import Endpoint, json_response
-from iotcore.telemetry.read_schemas import (
+from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.responses import json_response
+from iotcore.telemetry.read.schemas import (
     Aggregate,
     AggregateQuery,
     Latest,
@@ -24,12 +25,8 @@ from iotcore.telemetry.read_schemas import (
     StreamQuery,
     StreamTicket,
 )
-from iotcore.telemetry.read_service import (
-    TELEMETRY_READER_KEY,
-    TelemetryReader,
-    time_range,
-)
-from iotcore.telemetry.stream import LIVE_STREAM_KEY, TICKET_TTL_S, LiveStream
+from iotcore.telemetry.read.service import TELEMETRY_READER_KEY, TelemetryReader, time_range
+from iotcore.telemetry.read.stream import LIVE_STREAM_KEY, TICKET_TTL_S, LiveStream
 
 TAG = "telemetry"
 CACHE_CONTROL = {"Cache-Control": "private, max-age=60"}

@@ -1,4 +1,4 @@
-"""Models of the telemetry webhook (the read API's are in read_schemas.py)."""
+"""Models of the telemetry webhook (the read API's are in telemetry/read/schemas.py)."""
 
 from __future__ import annotations
 

@@ -23,16 +23,16 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from iotcore.broker import packets
-from iotcore.broker.connection import Ack, Connection
-from iotcore.broker.sessions import Message, Session
-from iotcore.broker.topics import RetainedStore, SubscriptionTree
 from iotcore.devices.mqtt_access import device_may, topic_base, will_allowed
 from iotcore.devices.registry import DeviceIdentity, DeviceLogin, DeviceRegistry, parse_uuid
+from iotcore.mqtt.broker import packets
+from iotcore.mqtt.broker.connection import Ack, Connection
+from iotcore.mqtt.broker.sessions import Message, Session
+from iotcore.mqtt.broker.topics import RetainedStore, SubscriptionTree
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import BROKER_CONNECTIONS, BROKER_REFUSED
-from iotcore.telemetry.service import TelemetryIngest
-from iotcore.telemetry.writer import Outcome, Submission, TelemetryWriter, WriteResult
+from iotcore.telemetry.ingest.service import TelemetryIngest
+from iotcore.telemetry.ingest.writer import Outcome, Submission, TelemetryWriter, WriteResult
 
 log = logging.getLogger("iotcore.broker")
 SWEEP_INTERVAL_S = 1.0

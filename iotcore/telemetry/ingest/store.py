@@ -23,7 +23,7 @@ import orjson
 
 from iotcore.platform.db import Database, set_tenant
 from iotcore.platform.sql import queries
-from iotcore.telemetry.payload import Point
+from iotcore.telemetry.ingest.payload import Point
 
 SQL = queries("telemetry")
 EXCERPT_CHARS = 256

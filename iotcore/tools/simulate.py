@@ -21,8 +21,8 @@ import aiomqtt
 import orjson
 
 from iotcore.config import Settings
-from iotcore.devices import client as device_client
 from iotcore.devices import signing
+from iotcore.tools import factory_client
 
 
 async def _json(response: aiohttp.ClientResponse, expected: tuple[int, ...]) -> Any:
@@ -51,7 +51,7 @@ async def setup_devices(
         )
         headers = {"Authorization": f"Bearer {owner['access_token']}"}
         serials = [f"SIM-{uuid.uuid4().hex[:10].upper()}" for _ in range(count)]
-        path, body, signed = device_client.factory_request(
+        path, body, signed = factory_client.factory_request(
             key_id, key, [{"serial_number": s, "model": "simulator"} for s in serials]
         )
         made = await _json(await session.post(path, data=body, headers=signed), (200, 201))
@@ -69,7 +69,7 @@ async def setup_devices(
                 ),
                 (200,),
             )
-            path, body, signed = device_client.device_request(
+            path, body, signed = factory_client.device_request(
                 device["device_id"],
                 signing.decode_device_key(device["device_key"]),
                 "/api/v1/devices/secret",

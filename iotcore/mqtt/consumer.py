@@ -43,9 +43,9 @@ from paho.mqtt.properties import Properties
 from iotcore.config import Settings
 from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
-from iotcore.telemetry.service import TelemetryIngest
-from iotcore.telemetry.store import Outcome, Submission, WriteResult, is_transient
-from iotcore.telemetry.writer import TelemetryWriter
+from iotcore.telemetry.ingest.service import TelemetryIngest
+from iotcore.telemetry.ingest.store import Outcome, Submission, WriteResult, is_transient
+from iotcore.telemetry.ingest.writer import TelemetryWriter
 
 log = logging.getLogger("iotcore.ingest")
 TOPIC = "tenants/+/devices/+/telemetry"

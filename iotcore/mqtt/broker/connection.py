@@ -12,12 +12,12 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
-from iotcore.broker import packets
-from iotcore.broker.packets import ProtocolError
+from iotcore.mqtt.broker import packets
+from iotcore.mqtt.broker.packets import ProtocolError
 
 if TYPE_CHECKING:
-    from iotcore.broker.server import EmbeddedBroker, SessionGrant
-    from iotcore.broker.sessions import Session
+    from iotcore.mqtt.broker.server import EmbeddedBroker, SessionGrant
+    from iotcore.mqtt.broker.sessions import Session
 
 log = logging.getLogger("iotcore.broker")
 

@@ -1,4 +1,4 @@
-"""HTTP handlers of the telemetry domain: the device webhook, plus the read API."""
+"""HTTP handler of the telemetry webhook: a device posts readings, answered once durable."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from iotcore.platform.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from iotcore.platform.http import Endpoint, ascii_header, json_response, read_body
-from iotcore.telemetry import read_routes
-from iotcore.telemetry.schemas import TelemetryAccepted, TelemetryBody
-from iotcore.telemetry.service import TELEMETRY_INGEST_KEY, TelemetryIngest
-from iotcore.telemetry.store import NotRecorded
-from iotcore.telemetry.writer import TelemetryWriter
+from iotcore.platform.http.caller import ascii_header
+from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.parsing import read_body
+from iotcore.platform.http.responses import json_response
+from iotcore.telemetry.ingest.schemas import TelemetryAccepted, TelemetryBody
+from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY, TelemetryIngest
+from iotcore.telemetry.ingest.store import NotRecorded
+from iotcore.telemetry.ingest.writer import TelemetryWriter
 
 
 async def _device(request: web.Request, ingest: TelemetryIngest) -> DeviceIdentity:
@@ -79,7 +81,6 @@ ENDPOINTS: list[Endpoint] = [
         errors=(401, 403, 422, 429, 503),
         security=("device_basic",),
     ),
-    *read_routes.ENDPOINTS,
 ]
 
 
@@ -96,4 +97,3 @@ def setup(app: web.Application) -> None:
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    read_routes.setup(app)

@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from iotcore.platform import errors
-from iotcore.platform.http import Endpoint, Handler
+from iotcore.platform.http.endpoints import Endpoint, Handler
 
 INTERNAL_PREFIXES = ("/metrics", "/api/v1/mqtt/")
 

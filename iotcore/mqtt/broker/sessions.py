@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from iotcore.broker import packets
+from iotcore.mqtt.broker import packets
 
 if TYPE_CHECKING:
-    from iotcore.broker.connection import Connection
+    from iotcore.mqtt.broker.connection import Connection
 
 MAX_INFLIGHT = 100
 

@@ -32,8 +32,8 @@ import aiomqtt
 import orjson
 
 from iotcore.config import Settings
-from iotcore.devices import client as device_client
 from iotcore.devices import signing
+from iotcore.tools import factory_client
 
 READ_BACK_S = 20.0
 # A tenant deletion is a job the maintain role (or `iotcore run`) picks up within
@@ -98,7 +98,7 @@ async def _register(run: SmokeRun, session: aiohttp.ClientSession) -> None:
 
 async def _provision(run: SmokeRun, session: aiohttp.ClientSession) -> None:
     serial = f"SMOKE-{run.run_id.upper()}"
-    path, body, headers = device_client.factory_request(
+    path, body, headers = factory_client.factory_request(
         run.factory_key_id, run.factory_key, [{"serial_number": serial, "model": "smoke"}]
     )
     made = await _expect(await session.post(path, data=body, headers=headers), 200, 201)
@@ -119,7 +119,7 @@ async def _claim(run: SmokeRun, session: aiohttp.ClientSession) -> None:
 
 async def _fetch_secret(run: SmokeRun, session: aiohttp.ClientSession) -> None:
     device = run.state["device"]
-    path, body, headers = device_client.device_request(
+    path, body, headers = factory_client.device_request(
         device["device_id"],
         signing.decode_device_key(device["device_key"]),
         "/api/v1/devices/secret",

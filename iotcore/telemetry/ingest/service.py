@@ -23,9 +23,9 @@ from iotcore.platform.errors import (
 )
 from iotcore.platform.metrics import INGEST_REJECTS, RATE_LIMITED
 from iotcore.platform.ratelimit import Bucket, TokenBuckets
-from iotcore.telemetry.payload import PayloadParser, PayloadRejected
-from iotcore.telemetry.store import Reject, Submission
-from iotcore.telemetry.writer import TelemetryWriter
+from iotcore.telemetry.ingest.payload import PayloadParser, PayloadRejected
+from iotcore.telemetry.ingest.store import Reject, Submission
+from iotcore.telemetry.ingest.writer import TelemetryWriter
 
 EXCERPT_BYTES = 256
 TOPIC_CACHE_SIZE = 100_000

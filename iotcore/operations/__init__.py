@@ -1,1 +1,0 @@
-"""Operator tooling that talks to a deployment from outside (the smoke test)."""

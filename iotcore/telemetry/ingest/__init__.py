@@ -1,0 +1,1 @@
+"""The write side of telemetry: payload rules, the HTTP webhook, the batching writer and its SQL."""

@@ -1,0 +1,1 @@
+"""The read side of telemetry: metric list, raw pages, latest values, aggregates, live stream."""
