@@ -193,7 +193,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 verdict = f"  target p95 <= {TARGETS[name]} ms -> {'PASS' if ok else 'FAIL'}"
             print(result.line() + verdict, flush=True)
 
-        sql = queries("telemetry_read")
+        sql = queries("telemetry_read", Path(__file__).resolve().parents[1] / "sql")
         # $6..$10 of the aggregate query: avg, min, max, sum, count (the API's default fn).
         FUNCTIONS = (True, True, True, False, True)
         bare = {

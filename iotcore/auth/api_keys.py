@@ -20,14 +20,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from iotcore.auth.audit import AuditLog
 from iotcore.auth.principal import ROLE_RANK, Role, UserPrincipal
 from iotcore.auth.schemas import ApiKeyCreated, ApiKeyOut
-from iotcore.auth.service import Caller, audit
+from iotcore.auth.service import Caller
 from iotcore.platform.cache import SharedInvalidationCache
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
 from iotcore.platform.pagination import decode_keyset, keyset_page
-from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.auth.api_keys")
 KEY_PREFIX = "iotk_"
@@ -65,7 +65,8 @@ def _digest(key: str) -> bytes:
 class ApiKeys:
     def __init__(self, platform: Platform) -> None:
         self._db = platform.db
-        self._sql = queries("api_keys")
+        self._sql = platform.queries("api_keys")
+        self._audit = AuditLog(platform)
         self._flush_interval_s = platform.settings.api_key_last_used_flush_s
         self._cache: SharedInvalidationCache[_KeyRecord | None] = SharedInvalidationCache(
             platform.redis, API_KEYS_CACHE, platform.settings.auth_cache_ttl_s
@@ -104,7 +105,7 @@ class ApiKeys:
             row = await conn.fetchrow(
                 self._sql["insert"], name, role, digest, principal.user_id, expires_at
             )
-            await audit(
+            await self._audit.record(
                 conn,
                 "api_key_created",
                 actor=principal.user_id,
@@ -136,7 +137,7 @@ class ApiKeys:
                 digest,
                 timedelta(seconds=grace_s),
             )
-            await audit(
+            await self._audit.record(
                 conn,
                 "api_key_rotated",
                 actor=principal.user_id,
@@ -152,7 +153,7 @@ class ApiKeys:
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             await self._check_key_role(conn, principal, api_key_id)
             row = await conn.fetchrow(self._sql["delete"], api_key_id)
-            await audit(
+            await self._audit.record(
                 conn,
                 "api_key_revoked",
                 actor=principal.user_id,

@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import redis.exceptions
 
+from iotcore.auth.audit import AuditLog
 from iotcore.auth.passwords import Passwords, check_password_rules
 from iotcore.auth.principal import Role, UserPrincipal
 from iotcore.auth.schemas import TenantOut, TokenResponse, UserOut
@@ -29,10 +30,8 @@ from iotcore.platform.errors import (
 )
 from iotcore.platform.pagination import decode_keyset, keyset_page
 from iotcore.platform.ratelimit import AttemptLimiter, Limit
-from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.auth")
-SQL = queries("auth")
 # The shared-invalidation cache of users' current roles (a tenant purge empties it too).
 USERS_CACHE = "users"
 
@@ -42,25 +41,14 @@ class Caller:
     ip: str
 
 
-async def audit(
-    conn: Connection,
-    action: str,
-    *,
-    actor: UUID | None,
-    subject: str | None,
-    ip: str | None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Record a security event in the tenant set on `conn`. Never pass a secret in details."""
-    await conn.execute(SQL["insert_audit"], actor, action, subject, ip, details or {})
-
-
 class AuthService:
     def __init__(self, platform: Platform) -> None:
         settings = platform.settings
         self._platform = platform
         self._redis = platform.redis
         self._db = platform.db
+        self._sql = platform.queries("auth")
+        self._audit = AuditLog(platform)
         self.keys = KeyRing(settings)
         self.passwords = Passwords(settings)
         self._refresh_ttl = timedelta(seconds=settings.refresh_token_ttl_s)
@@ -82,7 +70,7 @@ class AuthService:
         refresh, digest = new_refresh_token()
         principal = replace(principal, family_id=uuid4())
         await conn.execute(
-            SQL["insert_refresh_token"],
+            self._sql["insert_refresh_token"],
             digest,
             principal.tenant_id,
             principal.user_id,
@@ -94,7 +82,7 @@ class AuthService:
 
     async def _token_response(self, conn: Connection, principal: UserPrincipal) -> TokenResponse:
         access, refresh, expires_in = await self._token_pair(conn, principal)
-        row = await conn.fetchrow(SQL["get_user"], principal.user_id)
+        row = await conn.fetchrow(self._sql["get_user"], principal.user_id)
         return _token_response(row, access, refresh, expires_in)
 
     async def register(
@@ -107,12 +95,12 @@ class AuthService:
         password_hash = await self.passwords.hash(password)
         async with self._db.transaction() as conn:
             try:
-                row = await conn.fetchrow(SQL["register"], tenant_name, email, password_hash)
+                row = await conn.fetchrow(self._sql["register"], tenant_name, email, password_hash)
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict("This e-mail is already registered.", code="already_exists") from exc
         principal = UserPrincipal(row["user_id"], row["tenant_id"], "owner")
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await audit(
+            await self._audit.record(
                 conn,
                 "user_created",
                 actor=principal.user_id,
@@ -125,14 +113,14 @@ class AuthService:
     async def login(self, email: str, password: str, caller: Caller) -> TokenResponse:
         limits = await self._logins.admit(email, caller.ip)
         async with self._db.transaction() as conn:
-            row = await conn.fetchrow(SQL["login_lookup"], email)
+            row = await conn.fetchrow(self._sql["login_lookup"], email)
         matches, needs_rehash = await self.passwords.verify(
             row["password_hash"] if row else None, password
         )
         if not matches or row is None:
             if row is not None:
                 async with self._db.tenant_transaction(row["tenant_id"]) as conn:
-                    await audit(
+                    await self._audit.record(
                         conn, "login_failure", actor=None, subject=str(row["user_id"]), ip=caller.ip
                     )
             log.info("login failed", extra={"reason": "invalid_credentials"})
@@ -142,8 +130,8 @@ class AuthService:
         new_hash = await self.passwords.hash(password) if needs_rehash else None
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             if new_hash:
-                await conn.execute(SQL["update_password_hash"], principal.user_id, new_hash)
-            await audit(
+                await conn.execute(self._sql["update_password_hash"], principal.user_id, new_hash)
+            await self._audit.record(
                 conn,
                 "login_success",
                 actor=principal.user_id,
@@ -157,7 +145,7 @@ class AuthService:
         new_token, new_digest = new_refresh_token()
         async with self._db.transaction() as conn:
             row = await conn.fetchrow(
-                SQL["rotate_refresh"],
+                self._sql["rotate_refresh"],
                 hash_refresh_token(refresh_token),
                 new_digest,
                 self._refresh_ttl,
@@ -165,7 +153,7 @@ class AuthService:
         outcome = row["outcome"]
         if outcome == "reused":
             async with self._db.tenant_transaction(row["tenant_id"]) as conn:
-                await audit(
+                await self._audit.record(
                     conn,
                     "token_reused",
                     actor=row["user_id"],
@@ -182,22 +170,24 @@ class AuthService:
         principal = UserPrincipal(row["user_id"], row["tenant_id"], row["role"], row["family_id"])
         access = self.keys.issue(principal)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            user = await conn.fetchrow(SQL["get_user"], principal.user_id)
+            user = await conn.fetchrow(self._sql["get_user"], principal.user_id)
         return _token_response(user, access.token, new_token, access.expires_in)
 
     async def logout(self, refresh_token: str, caller: Caller) -> None:
         async with self._db.transaction() as conn:
-            row = await conn.fetchrow(SQL["revoke_family"], hash_refresh_token(refresh_token))
+            row = await conn.fetchrow(self._sql["revoke_family"], hash_refresh_token(refresh_token))
         if row is not None:
             await self._end_sessions({row["family_id"]})
             async with self._db.tenant_transaction(row["tenant_id"]) as conn:
-                await audit(conn, "logout", actor=row["user_id"], subject=None, ip=caller.ip)
+                await self._audit.record(
+                    conn, "logout", actor=row["user_id"], subject=None, ip=caller.ip
+                )
 
     async def me(self, principal: UserPrincipal) -> tuple[UserOut, TenantOut]:
         if principal.is_api_key:
             raise Forbidden("An API key is not a user.")
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            row = await conn.fetchrow(SQL["get_user"], principal.user_id)
+            row = await conn.fetchrow(self._sql["get_user"], principal.user_id)
         if row is None:
             raise Unauthenticated("This user no longer exists.")
         return _user_and_tenant(row)
@@ -209,10 +199,10 @@ class AuthService:
         password_hash = await self.passwords.hash(password)
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             try:
-                row = await conn.fetchrow(SQL["insert_user"], email, password_hash, role)
+                row = await conn.fetchrow(self._sql["insert_user"], email, password_hash, role)
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict("This e-mail is already registered.", code="already_exists") from exc
-            await audit(
+            await self._audit.record(
                 conn,
                 "user_created",
                 actor=principal.user_id,
@@ -227,7 +217,7 @@ class AuthService:
     ) -> tuple[list[UserOut], str | None]:
         after_ts, after_id = decode_keyset(cursor)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            rows = await conn.fetch(SQL["list_users"], after_ts, after_id, limit + 1)
+            rows = await conn.fetch(self._sql["list_users"], after_ts, after_id, limit + 1)
         page, next_cursor = keyset_page(rows, limit, "user_id")
         return [UserOut(**dict(r)) for r in page], next_cursor
 
@@ -235,17 +225,17 @@ class AuthService:
         self, principal: UserPrincipal, user_id: UUID, role: Role | None, caller: Caller
     ) -> UserOut:
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await _lock_owners(conn, principal)
-            target = await conn.fetchrow(SQL["get_user_for_update"], user_id)
+            await self._lock_owners(conn, principal)
+            target = await conn.fetchrow(self._sql["get_user_for_update"], user_id)
             if target is None:
                 raise NotFound("No such user.")
             _check_manages(principal, target["role"], role or target["role"])
             if role is None or role == target["role"]:
-                return _user_out(await conn.fetchrow(SQL["get_user"], user_id))
-            row = await conn.fetchrow(SQL["change_role"], user_id, role)
+                return _user_out(await conn.fetchrow(self._sql["get_user"], user_id))
+            row = await conn.fetchrow(self._sql["change_role"], user_id, role)
             if row is None:
                 raise Conflict("A tenant keeps at least one owner.", code="last_owner")
-            await audit(
+            await self._audit.record(
                 conn,
                 "user_role_changed",
                 actor=principal.user_id,
@@ -258,14 +248,14 @@ class AuthService:
 
     async def delete_user(self, principal: UserPrincipal, user_id: UUID, caller: Caller) -> None:
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await _lock_owners(conn, principal)
-            target = await conn.fetchrow(SQL["get_user_for_update"], user_id)
+            await self._lock_owners(conn, principal)
+            target = await conn.fetchrow(self._sql["get_user_for_update"], user_id)
             if target is None:
                 raise NotFound("No such user.")
             _check_manages(principal, target["role"], target["role"])
-            if await conn.fetchval(SQL["delete_user"], user_id) is None:
+            if await conn.fetchval(self._sql["delete_user"], user_id) is None:
                 raise Conflict("A tenant keeps at least one owner.", code="last_owner")
-            await audit(
+            await self._audit.record(
                 conn,
                 "user_deleted",
                 actor=principal.user_id,
@@ -286,13 +276,13 @@ class AuthService:
         if wait:
             raise RateLimited(wait, "Too many wrong passwords; retry later.")
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            row = await conn.fetchrow(SQL["get_password_hash"], principal.user_id)
+            row = await conn.fetchrow(self._sql["get_password_hash"], principal.user_id)
         if row is None:
             raise Unauthenticated("This user no longer exists.", code="token_revoked")
         matches, _ = await self.passwords.verify(row["password_hash"], current)
         if not matches:
             async with self._db.tenant_transaction(principal.tenant_id) as conn:
-                await audit(
+                await self._audit.record(
                     conn,
                     "password_change_failure",
                     actor=principal.user_id,
@@ -303,11 +293,11 @@ class AuthService:
         check_password_rules(new, row["email"])
         new_hash = await self.passwords.hash(new)
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await conn.execute(SQL["update_password_hash"], principal.user_id, new_hash)
+            await conn.execute(self._sql["update_password_hash"], principal.user_id, new_hash)
             revoked = await conn.fetch(
-                SQL["revoke_other_families"], principal.user_id, principal.family_id
+                self._sql["revoke_other_families"], principal.user_id, principal.family_id
             )
-            await audit(
+            await self._audit.record(
                 conn,
                 "password_changed",
                 actor=principal.user_id,
@@ -357,7 +347,7 @@ class AuthService:
         if found:
             return state
         fetched_at = time.monotonic()
-        row = await self._db.primary.fetchrow(SQL["user_state"], user_id)
+        row = await self._db.primary.fetchrow(self._sql["user_state"], user_id)
         state = (row["tenant_id"], row["role"]) if row else None
         self._users.put(str(user_id), state, fetched_at)
         return state
@@ -366,12 +356,11 @@ class AuthService:
         await self._users.close()
         self.passwords.close()
 
-
-async def _lock_owners(conn: Connection, principal: UserPrincipal) -> None:
-    """Take the tenant's owners (see sql/auth.sql); an owner demoted meanwhile is refused."""
-    owners = {row["user_id"] for row in await conn.fetch(SQL["lock_owners"])}
-    if principal.role == "owner" and principal.user_id not in owners:
-        raise Forbidden("You are no longer an owner.")
+    async def _lock_owners(self, conn: Connection, principal: UserPrincipal) -> None:
+        """Take the tenant's owners (see sql/auth.sql); an owner demoted meanwhile is refused."""
+        owners = {row["user_id"] for row in await conn.fetch(self._sql["lock_owners"])}
+        if principal.role == "owner" and principal.user_id not in owners:
+            raise Forbidden("You are no longer an owner.")
 
 
 def _check_manages(principal: UserPrincipal, target_role: str, new_role: str) -> None:

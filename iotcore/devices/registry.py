@@ -16,9 +16,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from iotcore.platform.context import Platform
-from iotcore.platform.sql import queries
 
-SQL = queries("devices")
 log = logging.getLogger("iotcore.devices")
 
 
@@ -85,6 +83,7 @@ class DeviceRegistry:
 
     def __init__(self, platform: Platform) -> None:
         self._platform = platform
+        self._sql = platform.queries("devices")
         self._ttl = platform.settings.device_cache_ttl_s
         self._cache: dict[UUID, tuple[float, _Credentials | None]] = {}
         self._generation = 0  # bumped by every invalidation
@@ -160,7 +159,7 @@ class DeviceRegistry:
             return credentials
         now, generation = time.monotonic(), self._generation
         async with self._platform.db.transaction() as conn:
-            row = await conn.fetchrow(SQL["credentials"], device_id)
+            row = await conn.fetchrow(self._sql["credentials"], device_id)
         credentials = _Credentials(**dict(row)) if row else None
         if generation == self._generation:
             if len(self._cache) > 200_000:
@@ -200,7 +199,7 @@ class DeviceRegistry:
         ):
             # First use of the new secret: the old one stops working now.
             async with self._platform.db.transaction() as conn:
-                await conn.execute(SQL["secret_used"], device_id)
+                await conn.execute(self._sql["secret_used"], device_id)
             await self.invalidate(device_id)
         return login
 

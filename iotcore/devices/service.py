@@ -8,8 +8,8 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from iotcore.auth.audit import AuditLog
 from iotcore.auth.principal import UserPrincipal
-from iotcore.auth.service import audit
 from iotcore.devices import signing
 from iotcore.devices.mqtt_access import topic_base
 from iotcore.devices.registry import DeviceRegistry, hash_secret, parse_uuid
@@ -32,11 +32,9 @@ from iotcore.platform.errors import (
 )
 from iotcore.platform.pagination import decode_keyset, encode_keyset
 from iotcore.platform.ratelimit import AttemptLimiter, Limit
-from iotcore.platform.sql import queries
 from iotcore.telemetry.derived import clear_device_state
 
 log = logging.getLogger("iotcore.devices")
-SQL = queries("devices")
 POLL_INTERVAL_S = 60
 
 
@@ -49,6 +47,8 @@ class DeviceService:
         settings = platform.settings
         self._platform = platform
         self._db = platform.db
+        self._sql = platform.queries("devices")
+        self._audit = AuditLog(platform)
         self._registry = registry
         self._sessions = SessionKicker(settings)
         self._ring = settings.manufacturing_key_ring
@@ -69,7 +69,7 @@ class DeviceService:
     async def provision(self, devices: list[FactoryDevice]) -> list[ProvisionedDevice]:
         async with self._db.transaction() as conn:
             rows = await conn.fetch(
-                SQL["provision"],
+                self._sql["provision"],
                 [d.serial_number for d in devices],
                 [d.model for d in devices],
                 [d.hardware_rev for d in devices],
@@ -103,7 +103,7 @@ class DeviceService:
 
     async def _lookup(self, device_id: UUID | None, serial: str | None) -> Any:
         async with self._db.transaction() as conn:
-            return await conn.fetchrow(SQL["lookup"], device_id, serial)
+            return await conn.fetchrow(self._sql["lookup"], device_id, serial)
 
     async def signed_device(self, device_id_header: str, signed: SignedRequest) -> Any:
         """Verify a device-signed request; returns the device's look-up row."""
@@ -126,7 +126,9 @@ class DeviceService:
     async def deliver_secret(self, row: Any, ip: str) -> SecretResponse:
         secret = secrets.token_urlsafe(32)
         async with self._db.transaction() as conn:
-            result = await conn.fetchrow(SQL["issue_secret"], row["device_id"], hash_secret(secret))
+            result = await conn.fetchrow(
+                self._sql["issue_secret"], row["device_id"], hash_secret(secret)
+            )
         if result["outcome"] == "not_claimed":
             raise Conflict("The device is not claimed yet.", code="device_not_claimed")
         if result["outcome"] == "already_delivered":
@@ -134,7 +136,9 @@ class DeviceService:
         tenant_id = result["tenant_id"]
         await self._registry.invalidate(row["device_id"])
         async with self._db.tenant_transaction(tenant_id) as conn:
-            await audit(conn, "secret_delivered", actor=None, subject=str(row["device_id"]), ip=ip)
+            await self._audit.record(
+                conn, "secret_delivered", actor=None, subject=str(row["device_id"]), ip=ip
+            )
         base = topic_base(tenant_id, row["device_id"])
         device_id = str(row["device_id"])
         return SecretResponse(
@@ -169,7 +173,9 @@ class DeviceService:
             raise Forbidden("The serial number and claim code do not match.", code="invalid_claim")
         await self._claims.refund(limit)  # a right code is not a guess
         async with self._db.transaction() as conn:
-            outcome = await conn.fetchval(SQL["claim"], row["device_id"], principal.tenant_id, name)
+            outcome = await conn.fetchval(
+                self._sql["claim"], row["device_id"], principal.tenant_id, name
+            )
         if outcome == "claimed_by_other":
             raise Conflict("This device is claimed by another tenant.", code="already_claimed")
         await self._registry.invalidate(row["device_id"])
@@ -179,19 +185,19 @@ class DeviceService:
             await clear_device_state(self._platform.redis, principal.tenant_id, row["device_id"])
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             if outcome == "claimed":
-                await audit(
+                await self._audit.record(
                     conn,
                     "device_claimed",
                     actor=principal.user_id,
                     subject=str(row["device_id"]),
                     ip=ip,
                 )
-            device = await conn.fetchrow(SQL["get_device"], row["device_id"])
+            device = await conn.fetchrow(self._sql["get_device"], row["device_id"])
         return _device_out(device)
 
     async def get(self, principal: UserPrincipal, device_id: UUID) -> DeviceOut:
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            row = await conn.fetchrow(SQL["get_device"], device_id)
+            row = await conn.fetchrow(self._sql["get_device"], device_id)
         if row is None:
             raise NotFound("No such device.")
         return _device_out(row)
@@ -201,7 +207,9 @@ class DeviceService:
     ) -> tuple[list[DeviceOut], str | None]:
         after_ts, after_id = decode_keyset(cursor)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            rows = await conn.fetch(SQL["list_devices"], status, after_ts, after_id, limit + 1)
+            rows = await conn.fetch(
+                self._sql["list_devices"], status, after_ts, after_id, limit + 1
+            )
         items = [_device_out(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -219,7 +227,7 @@ class DeviceService:
     ) -> DeviceOut:
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             row = await conn.fetchrow(
-                SQL["patch_device"],
+                self._sql["patch_device"],
                 device_id,
                 "name" in fields,
                 name,
@@ -231,20 +239,22 @@ class DeviceService:
 
     async def rotate(self, principal: UserPrincipal, device_id: UUID, ip: str) -> DeviceOut:
         async with self._db.transaction() as conn:
-            done = await conn.fetchval(SQL["rotate"], device_id, principal.tenant_id, self._grace)
+            done = await conn.fetchval(
+                self._sql["rotate"], device_id, principal.tenant_id, self._grace
+            )
         if not done:
             raise NotFound("No such device.")
         await self._registry.invalidate(device_id)
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await audit(
+            await self._audit.record(
                 conn, "secret_rotated", actor=principal.user_id, subject=str(device_id), ip=ip
             )
-            row = await conn.fetchrow(SQL["get_device"], device_id)
+            row = await conn.fetchrow(self._sql["get_device"], device_id)
         return _device_out(row)
 
     async def reset(self, principal: UserPrincipal, device_id: UUID, ip: str) -> None:
         async with self._db.transaction() as conn:
-            done = await conn.fetchval(SQL["reset"], device_id, principal.tenant_id)
+            done = await conn.fetchval(self._sql["reset"], device_id, principal.tenant_id)
         if not done:
             raise NotFound("No such device.")
         # Every live session ends: the embedded broker on the invalidation, EMQX by a kick.
@@ -254,6 +264,6 @@ class DeviceService:
         # (the reset cleared the latest-values rows in the database).
         await clear_device_state(self._platform.redis, principal.tenant_id, device_id)
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await audit(
+            await self._audit.record(
                 conn, "device_reset", actor=principal.user_id, subject=str(device_id), ip=ip
             )

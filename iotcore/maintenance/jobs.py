@@ -24,10 +24,6 @@ from iotcore.platform.metrics import (
 from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.maintenance")
-SQL = queries("telemetry")
-AUTH_SQL = queries("auth")
-REPORT_SQL = queries("maintenance")
-DEVICES_SQL = queries("devices")
 INTERVAL_S = 3600
 RETRY_S = 60
 GRACE_INTERVAL_S = 30
@@ -66,23 +62,25 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
 
 
 async def run_once(settings: Settings) -> MaintenanceReport:
+    sql = queries("telemetry", settings.sql_dir)
+    report_sql = queries("maintenance", settings.sql_dir)
     conn = await _connect(settings)
     try:
-        created = await conn.fetchval(SQL["ensure_partitions"], settings.partitions_ahead_days + 1)
-        dropped = await conn.fetchval(SQL["drop_partitions"], settings.telemetry_retention_days)
-        await conn.execute(SQL["drop_rollups"], settings.telemetry_retention_days)
+        created = await conn.fetchval(sql["ensure_partitions"], settings.partitions_ahead_days + 1)
+        dropped = await conn.fetchval(sql["drop_partitions"], settings.telemetry_retention_days)
+        await conn.execute(sql["drop_rollups"], settings.telemetry_retention_days)
         changed = await conn.fetchval(
-            SQL["apply_policies"],
+            sql["apply_policies"],
             settings.telemetry_retention_days,
             settings.telemetry_compress_after_days,
             settings.telemetry_rollup_refresh_s,
         )
-        pruned = await conn.execute(SQL["prune_rejects"], settings.reject_retention_days)
-        tokens = await conn.execute(AUTH_SQL["prune_refresh_tokens"])
+        pruned = await conn.execute(sql["prune_rejects"], settings.reject_retention_days)
+        tokens = await conn.execute(queries("auth", settings.sql_dir)["prune_refresh_tokens"])
         default_rows = 0
-        if await conn.fetchval(REPORT_SQL["default_partition_exists"]):
-            default_rows = await conn.fetchval(REPORT_SQL["default_partition_rows"])
-        refreshed = await refresh_rollups(conn)
+        if await conn.fetchval(report_sql["default_partition_exists"]):
+            default_rows = await conn.fetchval(report_sql["default_partition_rows"])
+        refreshed = await refresh_rollups(conn, settings)
     finally:
         await conn.close()
     if changed:
@@ -115,30 +113,31 @@ def _day(moment: datetime) -> datetime:
     return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-async def refresh_rollups(conn: asyncpg.Connection) -> int:
+async def refresh_rollups(conn: asyncpg.Connection, settings: Settings) -> int:
     """Refresh the hours marked by the writer (and purges, bulk loads, migrations), then
     unmark those no writer touched meanwhile. Returns how many marks were cleared."""
+    sql = queries("telemetry", settings.sql_dir)
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REFRESH_LOCK):
         return 0  # another maintain is at it
     try:
-        timescale = await conn.fetchval(SQL["timescaledb"])
+        timescale = await conn.fetchval(sql["timescaledb"])
         cleared = 0
         for _ in range(MAX_ROUNDS):
-            marks = await conn.fetch(SQL["rollup_marks"], MARKS_PER_ROUND)
+            marks = await conn.fetch(sql["rollup_marks"], MARKS_PER_ROUND)
             if not marks:
                 break
             tenants = [m["tenant_id"] for m in marks]
             hours = [m["hour"] for m in marks]
             if timescale:
                 for start, end in _ranges(hours, HOUR):
-                    await conn.execute(SQL["refresh_hourly"], start, end)
+                    await conn.execute(sql["refresh_hourly"], start, end)
                 for start, end in _ranges([_day(h) for h in hours], DAY):
-                    await conn.execute(SQL["refresh_daily"], start, end)
+                    await conn.execute(sql["refresh_daily"], start, end)
             else:
                 async with conn.transaction():
-                    await conn.execute(SQL["rollup_recompute"], tenants, hours)
+                    await conn.execute(sql["rollup_recompute"], tenants, hours)
             status = await conn.execute(
-                SQL["rollup_unmark"], tenants, hours, [m["version"] for m in marks]
+                sql["rollup_unmark"], tenants, hours, [m["version"] for m in marks]
             )
             cleared += int(status.split()[-1])
             if len(marks) < MARKS_PER_ROUND:
@@ -153,7 +152,7 @@ async def refresh_rollups_once(settings: Settings) -> None:
     try:
         conn = await _connect(settings)
         try:
-            await refresh_rollups(conn)
+            await refresh_rollups(conn, settings)
         finally:
             await conn.close()
     except (OSError, asyncpg.PostgresError) as exc:
@@ -186,7 +185,7 @@ async def end_expired_rotations(settings: Settings) -> int:
     sessions itself when the grace ends.)"""
     conn = await asyncpg.connect(settings.database_owner_url, timeout=settings.database_timeout_s)
     try:
-        rows = await conn.fetch(DEVICES_SQL["expire_rotation_grace"])
+        rows = await conn.fetch(queries("devices", settings.sql_dir)["expire_rotation_grace"])
     finally:
         await conn.close()
     await SessionKicker(settings).kick([row["device_id"] for row in rows])

@@ -10,6 +10,7 @@ from aiohttp import web
 from iotcore.config import Settings
 from iotcore.platform.db import Database
 from iotcore.platform.redis import Redis
+from iotcore.platform.sql import queries
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
@@ -25,6 +26,10 @@ class Platform:
     @classmethod
     def from_settings(cls, settings: Settings) -> Platform:
         return cls(settings=settings, db=Database(settings), redis=Redis(settings))
+
+    def queries(self, domain: str) -> dict[str, str]:
+        """The named queries of sql/<domain>.sql, from the settings' `sql_dir`."""
+        return queries(domain, self.settings.sql_dir)
 
     async def start(self) -> None:
         await self.db.connect()

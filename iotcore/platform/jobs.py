@@ -102,7 +102,7 @@ Handler = Callable[[JobContext], Awaitable[None]]
 class JobWorker:
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler]) -> None:
         self.settings = settings
-        self.sql = queries("jobs")
+        self.sql = queries("jobs", settings.sql_dir)
         self.handlers = handlers
         self.lease = timedelta(seconds=settings.job_lease_s)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

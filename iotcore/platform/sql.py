@@ -1,7 +1,8 @@
 """Named queries loaded from sql/<domain>.sql, so SQL stays SQL and out of the Python code.
 
 A file holds blocks introduced by `-- name: query_name`; everything up to the next such line
-is the query. `queries("auth")["find_user"]` returns the text.
+is the query. `queries("auth", sql_dir)["find_user"]` returns the text; services get theirs
+through `Platform.queries`, from the directory in the settings the process started with.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-
-from iotcore.config import get_settings
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
@@ -26,6 +25,6 @@ def parse_queries(text: str) -> dict[str, str]:
 
 
 @cache
-def queries(domain: str, sql_dir: Path | None = None) -> dict[str, str]:
-    directory = sql_dir or get_settings().sql_dir
-    return parse_queries((directory / f"{domain}.sql").read_text(encoding="utf-8"))
+def queries(domain: str, sql_dir: Path) -> dict[str, str]:
+    """Read once per directory and domain."""
+    return parse_queries((sql_dir / f"{domain}.sql").read_text(encoding="utf-8"))

@@ -16,6 +16,8 @@ from iotcore.config import Settings
 from iotcore.platform.context import Platform
 from iotcore.platform.jobs import JobWorker
 from iotcore.platform.sql import queries
+from iotcore.tenants.purge import Purges
+from iotcore.tenants.service import start_job
 
 BAR_WIDTH = 30
 POLL_S = 0.2
@@ -45,9 +47,6 @@ def _aware_time(text: str) -> datetime:
 
 
 async def run_purge(settings: Settings, args: argparse.Namespace) -> int:
-    # Imported here: the domain modules load their SQL (and so the settings) on import.
-    from iotcore.tenants.purge import Purges
-
     platform = Platform.from_settings(settings)
     await platform.start()
     worker = JobWorker(settings, Purges(platform).handlers())
@@ -64,9 +63,7 @@ async def run_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _start(worker: JobWorker, args: argparse.Namespace) -> UUID | None:
-    from iotcore.tenants.service import start_job
-
-    sql = queries("purge")
+    sql = queries("purge", worker.settings.sql_dir)
     requested_by = f"operator:{getpass.getuser()}"
     async with worker.pool.acquire() as conn, conn.transaction():
         if args.target == "tenant":
@@ -77,7 +74,7 @@ async def _start(worker: JobWorker, args: argparse.Namespace) -> UUID | None:
             if not args.yes and not _confirmed(name):
                 print("iotcore: not confirmed; nothing deleted", file=sys.stderr)
                 return None
-            return await start_job(conn, args.id, "purge_tenant", {}, requested_by)
+            return await start_job(conn, worker.sql, args.id, "purge_tenant", {}, requested_by)
         tenant_id = args.tenant or await conn.fetchval(sql["device_tenant"], args.id)
         if tenant_id is None:
             print("iotcore: the device has no tenant; name one with --tenant", file=sys.stderr)
@@ -85,7 +82,7 @@ async def _start(worker: JobWorker, args: argparse.Namespace) -> UUID | None:
         params: dict[str, Any] = {"device_id": str(args.id)}
         if args.before is not None:
             params["before"] = args.before.isoformat()
-        return await start_job(conn, tenant_id, "purge_device", params, requested_by)
+        return await start_job(conn, worker.sql, tenant_id, "purge_device", params, requested_by)
 
 
 def _confirmed(name: str) -> bool:

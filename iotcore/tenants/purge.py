@@ -29,7 +29,6 @@ from iotcore.platform.cache import SharedInvalidationCache
 from iotcore.platform.context import Platform
 from iotcore.platform.db import Connection
 from iotcore.platform.jobs import Handler, JobContext, JobWorker
-from iotcore.platform.sql import queries
 from iotcore.telemetry.derived import clear_device_state, live_key
 
 log = logging.getLogger("iotcore.tenants.purge")
@@ -48,7 +47,8 @@ class Purges:
     def __init__(self, platform: Platform) -> None:
         self._platform = platform
         self._redis = platform.redis
-        self._sql = queries("purge")
+        self._sql = platform.queries("purge")
+        self._jobs = platform.queries("jobs")
         self._registry = DeviceRegistry(platform)
         self._kicker = SessionKicker(platform.settings)
 
@@ -200,7 +200,9 @@ class Purges:
             _count(ctx, "devices_unclaimed", len(late))
             name = await conn.fetchval(self._sql["tenant_exists"], tenant_id)
             await conn.execute(self._sql["delete_tenant"], tenant_id)
-            await _operator_audit(conn, ctx, "tenant_purged", f"tenant:{tenant_id}", {"name": name})
+            await self._operator_audit(
+                conn, ctx, "tenant_purged", f"tenant:{tenant_id}", {"name": name}
+            )
             await ctx.complete(conn)
 
         await ctx.step(work)
@@ -220,6 +222,27 @@ class Purges:
         await self._kicker.kick(device_ids)
 
     # ------------------------------------------------------------------ shared steps
+
+    async def _operator_audit(
+        self,
+        conn: Connection,
+        ctx: JobContext,
+        action: str,
+        subject: str,
+        details: dict[str, Any],
+    ) -> None:
+        await conn.execute(
+            self._jobs["operator_audit"],
+            ctx.job.requested_by,
+            action,
+            subject,
+            ctx.job.job_id,
+            {
+                **details,
+                "requested_at": _iso(ctx.job.created_at),
+                "deleted": ctx.progress.get("deleted", {}),
+            },
+        )
 
     async def _repeat(
         self, ctx: JobContext, counter: str, batch_work: Callable[[Connection], Awaitable[Any]]
@@ -244,7 +267,7 @@ class Purges:
 
         async def work(conn: Connection) -> None:
             if ctx.progress["phase"] == "done" and ctx.job.kind == "purge_device":
-                await _operator_audit(
+                await self._operator_audit(
                     conn,
                     ctx,
                     "device_purged",
@@ -338,23 +361,6 @@ def _widen(ctx: JobContext, first: datetime | None, last: datetime | None) -> No
 def _rows(status: str) -> int:
     """The row count of a command tag such as 'DELETE 42'."""
     return int(status.split()[-1]) if status and status.split()[-1].isdigit() else 0
-
-
-async def _operator_audit(
-    conn: Connection, ctx: JobContext, action: str, subject: str, details: dict[str, Any]
-) -> None:
-    await conn.execute(
-        queries("jobs")["operator_audit"],
-        ctx.job.requested_by,
-        action,
-        subject,
-        ctx.job.job_id,
-        {
-            **details,
-            "requested_at": _iso(ctx.job.created_at),
-            "deleted": ctx.progress.get("deleted", {}),
-        },
-    )
 
 
 async def run_worker(platform: Platform, *, once: bool = False) -> None:

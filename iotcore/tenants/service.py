@@ -7,12 +7,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from iotcore.auth.audit import AuditLog
 from iotcore.auth.principal import UserPrincipal
-from iotcore.auth.service import audit
 from iotcore.platform.context import Platform
 from iotcore.platform.db import Connection
 from iotcore.platform.errors import Forbidden, NotFound, ValidationFailed
-from iotcore.platform.sql import queries
 
 
 def requester(principal: UserPrincipal) -> str:
@@ -21,10 +20,15 @@ def requester(principal: UserPrincipal) -> str:
 
 
 async def start_job(
-    conn: Connection, tenant_id: UUID, kind: str, params: dict[str, Any], requested_by: str
+    conn: Connection,
+    sql: dict[str, str],
+    tenant_id: UUID,
+    kind: str,
+    params: dict[str, Any],
+    requested_by: str,
 ) -> UUID:
-    """A new job, or the one already queued or running for the same target."""
-    sql = queries("jobs")
+    """A new job (`sql`: the jobs queries), or the one already queued or running for the
+    same target."""
     existing = await conn.fetchval(sql["pending_for_target"], kind, params, tenant_id)
     if existing is not None:
         return UUID(str(existing))
@@ -34,8 +38,9 @@ async def start_job(
 class TenantService:
     def __init__(self, platform: Platform) -> None:
         self._db = platform.db
-        self._sql = queries("tenants")
-        self._jobs = queries("jobs")
+        self._sql = platform.queries("tenants")
+        self._jobs = platform.queries("jobs")
+        self._audit = AuditLog(platform)
 
     async def delete_tenant(self, principal: UserPrincipal, confirmation: str, ip: str) -> UUID:
         if principal.is_api_key or principal.role != "owner":
@@ -45,9 +50,9 @@ class TenantService:
             if name is None or not hmac.compare_digest(confirmation.encode(), name.encode()):
                 raise ValidationFailed.field("confirmation", "must be the tenant's name")
             job_id = await start_job(
-                conn, principal.tenant_id, "purge_tenant", {}, requester(principal)
+                conn, self._jobs, principal.tenant_id, "purge_tenant", {}, requester(principal)
             )
-            await audit(
+            await self._audit.record(
                 conn,
                 "tenant_deletion_requested",
                 actor=principal.user_id,
@@ -67,9 +72,9 @@ class TenantService:
             if not await conn.fetchval(self._sql["device_known"], device_id):
                 raise NotFound("No such device.")
             job_id = await start_job(
-                conn, principal.tenant_id, "purge_device", params, requester(principal)
+                conn, self._jobs, principal.tenant_id, "purge_device", params, requester(principal)
             )
-            await audit(
+            await self._audit.record(
                 conn,
                 "device_purge_requested",
                 actor=principal.user_id,

@@ -21,12 +21,15 @@ import aiohttp
 import asyncpg
 from httpload import LoadResult, free_port, run_load, start_api
 
+from iotcore.config import Settings
 from iotcore.maintenance.jobs import refresh_rollups
 from iotcore.platform.migrations import Migrator
 from iotcore.platform.sql import queries
 from iotcore.telemetry.read.service import RollupSpan, TimeRange, rollup_span
 from read.seed import insert_devices, seed_telemetry
 
+REPO = Path(__file__).resolve().parents[2]
+SQL_DIR = REPO / "sql"
 DB = "iotcore_bench_year"
 DEVICES = 10
 TARGET_MS = 30
@@ -71,7 +74,7 @@ async def prepare(port: int, days: int, reuse: bool) -> tuple[str, list[str]]:
         su = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/{DB}")
         await su.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         await su.close()
-    Migrator(owner_url, Path(__file__).resolve().parents[2] / "migrations").up()
+    Migrator(owner_url, REPO / "migrations").up()
     email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
     api_port = free_port()
     api = start_api(
@@ -109,7 +112,7 @@ async def prepare(port: int, days: int, reuse: bool) -> tuple[str, list[str]]:
             )
             print(f"  compressed {chunks} chunks in {time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
-        cleared = await refresh_rollups(conn)
+        cleared = await refresh_rollups(conn, Settings(sql_dir=SQL_DIR))
         print(
             f"  rollups refreshed ({cleared} marked hours) in "
             f"{time.perf_counter() - started:.0f} s",
@@ -158,7 +161,7 @@ async def measure(storage: str, port: int, args: argparse.Namespace) -> None:
         IOT_DATABASE_OWNER_URL=url("iotcore_owner", port, DB),
     )
     base = f"http://127.0.0.1:{api_port}"
-    sql = queries("telemetry_read")
+    sql = queries("telemetry_read", SQL_DIR)
     try:
         async with aiohttp.ClientSession() as session:
             body = {"email": email, "password": PASSWORD}

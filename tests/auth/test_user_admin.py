@@ -12,12 +12,12 @@ from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
 from iotcore.platform.sql import queries
-from tests.conftest import SERVICE_URL, with_database
+from tests.conftest import REPO_ROOT, SERVICE_URL, with_database
 from tests.support.replicas import second_replica
 from tests.support.users import RegisteredUser, add_user, login, register
 
 Client = TestClient  # type: ignore[type-arg]
-SQL = queries("auth")
+SQL = queries("auth", REPO_ROOT / "sql")
 
 
 async def patch_role(client: Client, actor: RegisteredUser, target: Any, role: str) -> Any:

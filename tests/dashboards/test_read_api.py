@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
 from iotcore.platform.context import Platform
+from tests.conftest import REPO_ROOT
 from tests.support.devices import DeviceCredentials, claimed_device
 from tests.support.telemetry import post_telemetry
 from tests.support.users import RegisteredUser, register
@@ -384,7 +385,7 @@ async def test_no_read_plans_a_sequential_scan(
     await owner_conn.execute("ANALYZE telemetry")
     from iotcore.platform.sql import queries
 
-    sql = queries("telemetry_read")
+    sql = queries("telemetry_read", REPO_ROOT / "sql")
     now = datetime.now(UTC)
     hour = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     edges = [hour, hour + timedelta(hours=5), hour, hour]

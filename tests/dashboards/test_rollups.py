@@ -130,12 +130,12 @@ async def device(
         claimed.device_id,
         [(DAY0 + timedelta(minutes=10 * i), float(i)) for i in range(3 * 144)],
     )
-    assert await refresh_rollups(owner_conn) >= 72
+    assert await refresh_rollups(owner_conn, settings) >= 72
     return owner, claimed
 
 
 async def test_whole_hours_and_days_come_from_the_rollups_and_the_rest_from_raw_rows(
-    client: Client, owner_conn: Any, device: Any
+    client: Client, settings: Settings, owner_conn: Any, device: Any
 ) -> None:
     owner, claimed = device
     window = {
@@ -167,7 +167,7 @@ async def test_whole_hours_and_days_come_from_the_rollups_and_the_rest_from_raw_
         assert await aggregate(client, owner, claimed, bucket=iso, **window) == expected
         assert max(b["max"] for b in expected) == 1000.0
     # The refresh takes the hour into the rollups and clears the mark.
-    assert await refresh_rollups(owner_conn) >= 1
+    assert await refresh_rollups(owner_conn, settings) >= 1
     assert not await owner_conn.fetchval(
         "SELECT count(*) FROM telemetry_rollup_dirty WHERE tenant_id = $1", owner.tenant_id
     )
@@ -242,14 +242,14 @@ async def test_rollups_equal_raw_rows_after_history_late_readings_and_a_purge(
     )
     assert max(b["max"] for b in expected_daily) == 5000.0
     assert await aggregate(client, owner, claimed, bucket="1d", **window) == expected_daily
-    await refresh_rollups(owner_conn)
+    await refresh_rollups(owner_conn, settings)
     await rollups_match_raw(owner_conn)
     assert await aggregate(client, owner, claimed, bucket="1d", **window) == expected_daily
 
     # A purge of another device of the tenant: its rows leave the rollups with the refresh.
     second = uuid.uuid4()
     await add_rows(owner_conn, owner.tenant_id, str(second), [(DAY0 + timedelta(hours=2), 3.0)])
-    await refresh_rollups(owner_conn)
+    await refresh_rollups(owner_conn, settings)
     assert (
         await owner_conn.fetchval(
             "SELECT count(*) FROM telemetry_hourly WHERE device_id = $1", second
@@ -258,10 +258,14 @@ async def test_rollups_equal_raw_rows_after_history_late_readings_and_a_purge(
     )
     # The device purge's own batch statement (iotcore purge device, the API's purge job).
     purged = await owner_conn.fetchrow(
-        queries("purge")["delete_device_telemetry"], owner.tenant_id, second, None, 5000
+        queries("purge", settings.sql_dir)["delete_device_telemetry"],
+        owner.tenant_id,
+        second,
+        None,
+        5000,
     )
     assert purged["deleted"] == 1
-    await refresh_rollups(owner_conn)
+    await refresh_rollups(owner_conn, settings)
     assert (
         await owner_conn.fetchval(
             "SELECT count(*) FROM telemetry_hourly WHERE device_id = $1", second

@@ -56,7 +56,7 @@ async def timescaledb_state(url: str) -> dict[str, list[tuple[Any, ...]]] | None
         await conn.close()
 
 
-async def seed_history(owner_conn: Any, tenant_id: Any, device_id: str) -> None:
+async def seed_history(owner_conn: Any, settings: Settings, tenant_id: Any, device_id: str) -> None:
     """Two days of readings 10 days ago, rolled up and (on TimescaleDB) compressed."""
     day0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     day0 -= timedelta(days=10)
@@ -69,7 +69,7 @@ async def seed_history(owner_conn: Any, tenant_id: Any, device_id: str) -> None:
         ],
     )
     await owner_conn.execute("SELECT telemetry_rollup_mark($1, NULL)", day0)
-    await refresh_rollups(owner_conn)
+    await refresh_rollups(owner_conn, settings)
     if await owner_conn.fetchval(
         "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"
     ):
@@ -90,7 +90,7 @@ async def test_backup_then_restore_into_a_new_database(
         owner = await register(client)
         device = await claimed_device(client, settings, owner)
         assert (await post_telemetry(client, device, {"metrics": {"a": 1, "b": 2}})).status == 202
-    await seed_history(owner_conn, owner.tenant_id, device.device_id)
+    await seed_history(owner_conn, settings, owner.tenant_id, device.device_id)
     source = with_database(OWNER_URL, database)
     before = await counts(source)
     assert before["tenants"] >= 2 and before["telemetry"] >= 4 + 192

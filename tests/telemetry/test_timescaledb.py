@@ -48,7 +48,7 @@ async def seeded(
         ],
     )
     await owner_conn.execute("SELECT telemetry_rollup_mark($1, NULL)", DAY0)
-    await refresh_rollups(owner_conn)
+    await refresh_rollups(owner_conn, settings)
     return owner, device
 
 

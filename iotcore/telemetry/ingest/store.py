@@ -22,10 +22,8 @@ import asyncpg
 import orjson
 
 from iotcore.platform.db import Database, set_tenant
-from iotcore.platform.sql import queries
 from iotcore.telemetry.ingest.payload import Point
 
-SQL = queries("telemetry")
 EXCERPT_CHARS = 256
 
 # SQLSTATE classes retrying can fix: 08 connection exception, 40 transaction rollback
@@ -158,8 +156,9 @@ class _Tally:
 
 
 class TelemetryStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, sql: dict[str, str]) -> None:
         self._db = db
+        self._sql = sql
 
     async def write(self, batch: list[Submission]) -> Written:
         """Store a batch and record its rejects, in one transaction. Raises only what
@@ -195,7 +194,7 @@ class TelemetryStore:
             rows += len(columns.devices)
         rejects = [r for s in batch for r in s.rejects]
         if rejects:
-            await insert_rejects(conn, rejects)
+            await self._insert_rejects(conn, rejects)
         return _written(batch, tally, rows, detailed, rejects, {}, set())
 
     async def _write_isolated(
@@ -239,7 +238,7 @@ class TelemetryStore:
         if rejects:
             try:
                 async with conn.transaction():
-                    await insert_rejects(conn, rejects)
+                    await self._insert_rejects(conn, rejects)
             except Exception as exc:
                 if not is_permanent(exc):
                     raise
@@ -252,7 +251,7 @@ class TelemetryStore:
     ) -> asyncpg.Record:
         await set_tenant(conn, tenant_id)
         row = await conn.fetchrow(
-            SQL["write_readings"],
+            self._sql["write_readings"],
             columns.devices,
             columns.metrics,
             columns.stamps,
@@ -262,20 +261,19 @@ class TelemetryStore:
         assert row is not None
         return row
 
-
-async def insert_rejects(conn: asyncpg.Connection, rejects: list[Reject]) -> None:
-    now = datetime.now(UTC)
-    await set_tenant(conn, "")
-    await conn.execute(
-        SQL["insert_rejects"],
-        [r.tenant_id for r in rejects],
-        [r.device_id for r in rejects],
-        [r.topic for r in rejects],
-        [r.reason for r in rejects],
-        [(r.excerpt or r.detail)[:EXCERPT_CHARS] for r in rejects],
-        [now] * len(rejects),
-        [r.sqlstate for r in rejects],
-    )
+    async def _insert_rejects(self, conn: asyncpg.Connection, rejects: list[Reject]) -> None:
+        now = datetime.now(UTC)
+        await set_tenant(conn, "")
+        await conn.execute(
+            self._sql["insert_rejects"],
+            [r.tenant_id for r in rejects],
+            [r.device_id for r in rejects],
+            [r.topic for r in rejects],
+            [r.reason for r in rejects],
+            [(r.excerpt or r.detail)[:EXCERPT_CHARS] for r in rejects],
+            [now] * len(rejects),
+            [r.sqlstate for r in rejects],
+        )
 
 
 def _columns(batch: list[Submission], indexes: list[int], detailed: bool) -> _Columns:

@@ -82,7 +82,7 @@ class _Queued:
 class TelemetryWriter:
     def __init__(self, platform: Platform) -> None:
         settings = platform.settings
-        self._store = TelemetryStore(platform.db)
+        self._store = TelemetryStore(platform.db, platform.queries("telemetry"))
         self.cache = TelemetryCache(platform.redis)
         self._batch_rows = settings.writer_batch_rows
         self._batch_age_s = settings.writer_batch_age_ms / 1000

@@ -17,7 +17,6 @@ from iotcore.devices.registry import DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import NotFound, ValidationFailed
 from iotcore.platform.pagination import decode_cursor, encode_cursor
-from iotcore.platform.sql import queries
 from iotcore.platform.types import rfc3339_ms, within_range
 from iotcore.telemetry.derived import LATEST_TTL_S, EtagSlot, latest_key, remember_etag
 from iotcore.telemetry.ingest.payload import METRIC_NAME
@@ -31,7 +30,6 @@ from iotcore.telemetry.read.schemas import (
 )
 
 log = logging.getLogger("iotcore.telemetry.read")
-SQL = queries("telemetry_read")
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_BUCKETS = 10_000
 # A window is "wholly in the past" once its end is older than the accepted future skew of
@@ -103,6 +101,7 @@ class TelemetryReader:
     def __init__(self, platform: Platform, registry: DeviceRegistry) -> None:
         self._platform = platform
         self._db = platform.db
+        self._sql = platform.queries("telemetry_read")
         self._redis = platform.redis
         self._registry = registry
         self._max_days = platform.settings.telemetry_max_range_days
@@ -126,14 +125,14 @@ class TelemetryReader:
         if identity is not None and identity.tenant_id == principal.tenant_id:
             return
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            held = await conn.fetchval(SQL["held_before"], device_id)
+            held = await conn.fetchval(self._sql["held_before"], device_id)
         if not held:
             raise NotFound("No such device.")
 
     async def metrics(self, principal: UserPrincipal, device_id: UUID) -> list[dict[str, Any]]:
         await self.ensure_visible(principal, device_id)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            rows = await conn.fetch(SQL["metrics"], device_id)
+            rows = await conn.fetch(self._sql["metrics"], device_id)
         return [dict(r) for r in rows]
 
     async def raw(self, principal: UserPrincipal, device_id: UUID, query: RawQuery) -> bytes:
@@ -161,7 +160,7 @@ class TelemetryReader:
             args.append(query.metric)
         await self.ensure_history_visible(principal, device_id)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            rows = await conn.fetch(SQL[name], *args)
+            rows = await conn.fetch(self._sql[name], *args)
         next_cursor = b"null"
         if len(rows) > query.limit:
             last = rows[query.limit - 1]
@@ -177,7 +176,7 @@ class TelemetryReader:
         if cached is not None:
             return {"device_id": str(device_id), "metrics": cached}
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            rows = await conn.fetch(SQL["metrics"], device_id)
+            rows = await conn.fetch(self._sql["metrics"], device_id)
         metrics = {
             r["metric"]: {"ts": rfc3339_ms(r["last_ts"]), "value": r["last_value"]} for r in rows
         }
@@ -235,7 +234,7 @@ class TelemetryReader:
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             if rollups is not None:
                 rows = await conn.fetch(
-                    SQL["aggregate_rollup"],
+                    self._sql["aggregate_rollup"],
                     device_id,
                     query.metric,
                     bucket,
@@ -249,7 +248,13 @@ class TelemetryReader:
                 )
             else:
                 rows = await conn.fetch(
-                    SQL["aggregate"], device_id, query.metric, bucket, span.start, span.end, *flags
+                    self._sql["aggregate"],
+                    device_id,
+                    query.metric,
+                    bucket,
+                    span.start,
+                    span.end,
+                    *flags,
                 )
         head = orjson.dumps({"metric": query.metric, "bucket": query.bucket})[:-1]
         items = ",".join([r["j"] for r in rows]).encode()
