@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from iotcore.auth import routes as auth_routes
+from iotcore.commands import routes as commands_routes
 from iotcore.config import Settings
 from iotcore.console import routes as console_routes
 from iotcore.devices import routes as devices_routes
@@ -62,6 +63,7 @@ def create_app(
     domains = (
         auth_routes,
         devices_routes,
+        commands_routes,
         telemetry_ingest_routes,
         telemetry_read_routes,
         tenants_routes,

@@ -119,6 +119,7 @@ async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
     from iotcore.maintenance.jobs import (
         MaintenanceStatus,
         end_expired_rotations,
+        expire_due_commands,
         run_forever,
         run_once,
     )
@@ -130,7 +131,11 @@ async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
         if args.once:
             report = await run_once(settings)
             expired = await end_expired_rotations(settings)
-            print(f"maintenance: {report}, rotations_expired={expired}", flush=True)
+            commands = await expire_due_commands(settings)
+            print(
+                f"maintenance: {report}, rotations_expired={expired}, commands_expired={commands}",
+                flush=True,
+            )
             await run_worker(platform, once=True)
             return
         status = MaintenanceStatus()

@@ -1,12 +1,15 @@
 """Real devices over MQTT 3.1.1: one connection per device, authenticated with its own id and
 secret (client id = user name = device id), QoS 1 to its own telemetry topic, packets built
-as bytes so that 1,000 connections cost the generator little CPU.
+as bytes (mqtt_wire.py) so that 1,000 connections cost the generator little CPU.
 
     python loadtests/mqtt_devices.py --port P --devices FILE --rate R --seconds S
     python loadtests/mqtt_devices.py --port P --devices FILE --idle S   # connect, then hold
+    python loadtests/mqtt_devices.py --port P --devices FILE --answer S # answer commands
 
 FILE holds one JSON object a line: {"device_id", "secret", "topic"}. Prints one JSON line:
-messages sent and acknowledged, seconds, and PUBLISH-to-PUBACK latency percentiles (ms).
+messages sent and acknowledged, seconds, and PUBLISH-to-PUBACK latency percentiles (ms); with
+--answer, once every device has subscribed to its commands a line {"connected", ...}, and
+after S seconds the commands received and answered (each with {"ok": true}, QoS 1).
 """
 
 from __future__ import annotations
@@ -16,39 +19,47 @@ import asyncio
 import struct
 import sys
 import time
+from typing import Any
 
 import orjson
-
-PUBLISH_QOS1 = 0x32
-PUBACK = 0x40
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(value: str) -> bytes:
-    raw = value.encode()
-    return len(raw).to_bytes(2, "big") + raw
+from mqtt_wire import (
+    CONNACK,
+    DISCONNECT,
+    PUBACK,
+    SUBACK,
+    connect_packet,
+    encoded,
+    next_frame,
+    puback,
+    publish_qos1,
+    subscribe_packet,
+)
 
 
-def connect_packet(device_id: str, secret: str, keepalive: int) -> bytes:
-    # 3.1.1, clean session, user name and password.
-    flags = 0x02 | 0x80 | 0x40
-    body = b"\x00\x04MQTT\x04" + bytes((flags,)) + keepalive.to_bytes(2, "big")
-    body += _str(device_id) + _str(device_id) + _str(secret)
-    return b"\x10" + remaining_length(len(body)) + body
+class DeviceConnection(asyncio.Protocol):
+    """One device's connection: CONNECT with its credentials as soon as it opens (and
+    `first`, sent with it); `connected` settles on the broker's answer."""
 
+    first = b""
 
-class Device(asyncio.Protocol):
-    def __init__(self, device: dict[str, str], window: int, latencies: list[float]) -> None:
+    def __init__(self, device: dict[str, str]) -> None:
         self.device = device
-        self.topic = _str(device["topic"])
+        self.buffer = b""
+        self.connected = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        device_id = self.device["device_id"]
+        self.transport.write(
+            connect_packet(device_id, device_id, self.device["secret"]) + self.first
+        )
+
+
+class Device(DeviceConnection):
+    def __init__(self, device: dict[str, str], window: int, latencies: list[float]) -> None:
+        super().__init__(device)
+        self.topic = encoded(device["topic"])
         self.window = window
         self.latencies = latencies
         self.sent_at: dict[int, float] = {}
@@ -56,16 +67,6 @@ class Device(asyncio.Protocol):
         self.acked = 0
         self.mid = 0
         self.last_ts = 0
-        self.buffer = b""
-        self.connected = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        keepalive = 0
-        self.transport.write(
-            connect_packet(self.device["device_id"], self.device["secret"], keepalive)
-        )
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data
@@ -73,7 +74,7 @@ class Device(asyncio.Protocol):
         pos = 0
         while len(buffer) - pos >= 4:
             kind = buffer[pos]
-            if kind == 0x20:
+            if kind == CONNACK:
                 if not self.connected.done():
                     if buffer[pos + 3] == 0:
                         self.connected.set_result(None)
@@ -108,28 +109,93 @@ class Device(asyncio.Protocol):
             i = self.sent
             payload = b'{"ts":%d,"metrics":{"a":%d,"b":%d}}' % (ts, i, -i)
             self.mid = self.mid % 65535 + 1
-            body = self.topic + self.mid.to_bytes(2, "big") + payload
-            packets.append(bytes((PUBLISH_QOS1,)) + remaining_length(len(body)) + body)
+            packets.append(publish_qos1(self.topic, self.mid, payload))
             self.sent_at[self.mid] = now
             self.sent += 1
         self.transport.write(b"".join(packets))
 
 
-async def connect_all(
-    host: str, port: int, devices: list[dict[str, str]], window: int, latencies: list[float]
-) -> list[Device]:
+class Responder(DeviceConnection):
+    """A device that subscribes to its commands and answers each one at once: PUBACK, then
+    `{"ok": true}` at QoS 1 on `.../replies/{command_id}` (once per command id)."""
+
+    def __init__(self, device: dict[str, str]) -> None:
+        super().__init__(device)
+        base = device["topic"].removesuffix("/telemetry")
+        self.replies = base + "/replies/"
+        self.first = subscribe_packet(1, base + "/commands/#")
+        self.mid = 1  # the SUBSCRIBE's
+        self.received = 0
+        self.answered: set[str] = set()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        buffer = self.buffer + data
+        pos = 0
+        out = []
+        while (frame := next_frame(buffer, pos)) is not None:
+            first, start, end = frame
+            pos = end
+            kind = first & 0xF0
+            if kind == CONNACK and buffer[start + 1] != 0 and not self.connected.done():
+                self.connected.set_exception(RuntimeError(f"CONNACK {buffer[start + 1]}"))
+            elif kind == SUBACK and not self.connected.done():
+                if buffer[start + 2] == 0x80:
+                    self.connected.set_exception(RuntimeError("SUBSCRIBE refused"))
+                else:
+                    self.connected.set_result(None)
+            elif kind == 0x30:  # PUBLISH: a command
+                size = int.from_bytes(buffer[start : start + 2], "big")
+                qos = (first >> 1) & 3
+                offset = start + 2 + size
+                if qos:
+                    out.append(puback(int.from_bytes(buffer[offset : offset + 2], "big")))
+                    offset += 2
+                self.received += 1
+                command_id = orjson.loads(buffer[offset:end])["command_id"]
+                if command_id not in self.answered:
+                    self.answered.add(command_id)
+                    self.mid = self.mid % 65535 + 1
+                    out.append(
+                        publish_qos1(encoded(self.replies + command_id), self.mid, b'{"ok":true}')
+                    )
+        self.buffer = buffer[pos:]
+        if out:
+            self.transport.write(b"".join(out))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(exc or ConnectionError("closed before SUBACK"))
+
+
+async def connect_all(host: str, port: int, devices: list[dict[str, str]], make: Any) -> list[Any]:
     loop = asyncio.get_running_loop()
     limiter = asyncio.Semaphore(200)  # a connect storm without tripping the listen backlog
 
-    async def one(device: dict[str, str]) -> Device:
+    async def one(device: dict[str, str]) -> Any:
         async with limiter:
-            _, protocol = await loop.create_connection(
-                lambda: Device(device, window, latencies), host, port
-            )
+            _, protocol = await loop.create_connection(lambda: make(device), host, port)
             await asyncio.wait_for(protocol.connected, 60)
             return protocol
 
     return list(await asyncio.gather(*(one(d) for d in devices)))
+
+
+async def answer(args: argparse.Namespace, devices: list[dict[str, str]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    conns = await connect_all(args.host, args.port, devices, Responder)
+    line = {"connected": len(conns), "connect_s": round(time.perf_counter() - started, 2)}
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    sys.stdout.flush()
+    await asyncio.sleep(args.answer)
+    for conn in conns:
+        assert conn.transport is not None
+        conn.transport.write(DISCONNECT)
+        conn.transport.close()
+    return {
+        "received": sum(c.received for c in conns),
+        "answered": sum(len(c.answered) for c in conns),
+    }
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -138,12 +204,16 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     with open(args.devices, "rb") as file:
         devices = [orjson.loads(line) for line in file if line.strip()]
+    if args.answer:
+        return await answer(args, devices)
     latencies: list[float] = []
     started_connect = time.perf_counter()
-    conns = await connect_all(args.host, args.port, devices, args.window, latencies)
+    conns = await connect_all(
+        args.host, args.port, devices, lambda d: Device(d, args.window, latencies)
+    )
     connect_s = time.perf_counter() - started_connect
     if args.idle:
         sys.stdout.write(orjson.dumps({"connected": len(conns), "connect_s": connect_s}).decode())
@@ -179,7 +249,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     finished = time.perf_counter()
     for conn in conns:
         assert conn.transport is not None
-        conn.transport.write(b"\xe0\x00")
+        conn.transport.write(DISCONNECT)
         conn.transport.close()
     latencies.sort()
     acked = sum(c.acked for c in conns)
@@ -206,6 +276,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--window", type=int, default=20, help="unacked messages per device")
     parser.add_argument("--idle", type=float, default=0, help="connect, hold this long, exit")
+    parser.add_argument("--answer", type=float, default=0, help="answer commands this long")
     args = parser.parse_args()
     try:
         import uvloop

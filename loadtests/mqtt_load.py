@@ -24,30 +24,12 @@ import time
 import uuid
 
 import orjson
-
-PUBLISH_QOS1 = 0x32
-PUBACK = 0x40
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(client_id: str) -> bytes:
-    cid = client_id.encode()
-    # Protocol "MQTT" level 4 (3.1.1), clean session, keepalive 0 (no PINGREQ to answer).
-    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
-    return b"\x10" + remaining_length(len(body)) + body
+from mqtt_wire import DISCONNECT, PUBACK, connect_packet, encoded, publish_qos1
 
 
 class Connection:
     def __init__(self, topics: list[str], window: int, last_ts: dict[str, int]) -> None:
-        self.topics = [(t, len(t.encode()).to_bytes(2, "big") + t.encode()) for t in topics]
+        self.topics = [(t, encoded(t)) for t in topics]
         self.window = window
         self.last_ts = last_ts
         self.sent = 0
@@ -88,14 +70,13 @@ class Connection:
         now_ms = int(time.time() * 1000)
         packets = []
         for _ in range(count):
-            topic, encoded = self.topics[self.sent % len(self.topics)]
+            topic, topic_bytes = self.topics[self.sent % len(self.topics)]
             ts = max(now_ms, self.last_ts.get(topic, 0) + 1)
             self.last_ts[topic] = ts
             i = self.sent
             payload = b'{"ts":%d,"metrics":{"a":%d,"b":%d}}' % (ts, i, -i)
             self.mid = self.mid % 65535 + 1
-            body = encoded + self.mid.to_bytes(2, "big") + payload
-            packets.append(bytes([PUBLISH_QOS1]) + remaining_length(len(body)) + body)
+            packets.append(publish_qos1(topic_bytes, self.mid, payload))
             self.sent += 1
         self.writer.write(b"".join(packets))
 
@@ -141,7 +122,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         await asyncio.sleep(0.01)
     for conn in conns:
         assert conn.writer is not None
-        conn.writer.write(b"\xe0\x00")  # DISCONNECT
+        conn.writer.write(DISCONNECT)
         await conn.writer.drain()
         conn.writer.close()
     for task in readers:

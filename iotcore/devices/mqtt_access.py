@@ -17,13 +17,26 @@ def topic_base(tenant_id: UUID | str, device_id: UUID | str) -> str:
     return f"tenants/{tenant_id}/devices/{device_id}"
 
 
+def reply_command_id(base: str, topic: str) -> str | None:
+    """The command id of a reply topic under `base` (`{base}/replies/{command_id}`, the id
+    in canonical form), else None."""
+    prefix = f"{base}/replies/"
+    if not topic.startswith(prefix):
+        return None
+    command_id = topic[len(prefix) :]
+    return command_id if parse_uuid(command_id) is not None else None
+
+
 def device_may(identity: DeviceIdentity, action: str, topic: str) -> bool:
-    """A device publishes only its telemetry and status, subscribes only to its commands."""
+    """A device publishes only its telemetry, its status and replies to commands, and
+    subscribes only to its commands."""
     if identity.tenant_id is None:
         return False
     base = topic_base(identity.tenant_id, identity.device_id)
     if action == "publish":
-        return topic in (f"{base}/telemetry", f"{base}/status")
+        return topic in (f"{base}/telemetry", f"{base}/status") or (
+            reply_command_id(base, topic) is not None
+        )
     if action == "subscribe":
         if not topic.startswith(f"{base}/commands/") and topic != f"{base}/commands":
             return False
@@ -41,11 +54,31 @@ def will_allowed(identity: DeviceIdentity, topic: str) -> bool:
     )
 
 
+REPLIES_FILTER = "tenants/+/devices/+/replies/+"
+
+
+def is_command_topic(topic: str) -> bool:
+    """`tenants/{t}/devices/{d}/commands/{name}`: where the ingest account delivers commands."""
+    levels = topic.split("/")
+    return (
+        len(levels) == 6
+        and levels[0] == "tenants"
+        and levels[2] == "devices"
+        and levels[4] == "commands"
+        and parse_uuid(levels[1]) is not None
+        and parse_uuid(levels[3]) is not None
+        and levels[5] not in ("", "+", "#")
+    )
+
+
 def ingest_may(share_group: str, action: str, topic: str) -> bool:
-    """The ingest service account subscribes to every device's telemetry, shared or not, and
-    to its own probe topic (iotcore/mqtt/probe.py), where it may also publish."""
-    plain = "tenants/+/devices/+/telemetry"
-    if action == "subscribe" and topic in (plain, f"$share/{share_group}/{plain}"):
+    """The ingest service account subscribes to every device's telemetry and command
+    replies, shared or not, publishes commands to devices, and uses its own probe topic
+    (iotcore/mqtt/probe.py)."""
+    for plain in ("tenants/+/devices/+/telemetry", REPLIES_FILTER):
+        if action == "subscribe" and topic in (plain, f"$share/{share_group}/{plain}"):
+            return True
+    if action == "publish" and is_command_topic(topic):
         return True
     levels = topic.split("/")
     if action == "subscribe" and len(levels) == 5 and levels[0] == "$share":
@@ -64,6 +97,7 @@ def device_acl(identity: DeviceIdentity) -> list[dict[str, str]]:
     return [
         {"permission": "allow", "action": "publish", "topic": f"{base}/telemetry"},
         {"permission": "allow", "action": "publish", "topic": f"{base}/status"},
+        {"permission": "allow", "action": "publish", "topic": f"{base}/replies/+"},
         {"permission": "allow", "action": "subscribe", "topic": f"{base}/commands/#"},
         {"permission": "deny", "action": "all", "topic": "#"},
     ]
@@ -74,6 +108,13 @@ def ingest_acl(share_group: str) -> list[dict[str, str]]:
     return [
         {"permission": "allow", "action": "subscribe", "topic": plain},
         {"permission": "allow", "action": "subscribe", "topic": f"$share/{share_group}/{plain}"},
+        {"permission": "allow", "action": "subscribe", "topic": REPLIES_FILTER},
+        {
+            "permission": "allow",
+            "action": "subscribe",
+            "topic": f"$share/{share_group}/{REPLIES_FILTER}",
+        },
+        {"permission": "allow", "action": "publish", "topic": "tenants/+/devices/+/commands/+"},
         {"permission": "allow", "action": "all", "topic": f"{PROBE_PREFIX}/+"},
         {"permission": "allow", "action": "subscribe", "topic": f"$share/+/{PROBE_PREFIX}/+"},
         {"permission": "deny", "action": "all", "topic": "#"},

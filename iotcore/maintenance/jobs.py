@@ -1,7 +1,8 @@
 """Periodic jobs, run as the owner role: daily partitions ahead and retention (native
 partitioning; on TimescaleDB, chunk retention), the TimescaleDB policies from the settings,
 the rollups' refresh (migrations/0012), expired refresh tokens, reject pruning, and (every
-half minute) the end of rotation grace periods, whose EMQX sessions are kicked."""
+half minute) the end of rotation grace periods, whose EMQX sessions are kicked, and the
+expiry of commands no device answered in time."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from iotcore.commands.service import expire_commands
 from iotcore.config import Settings
 from iotcore.devices.sessions import SessionKicker
+from iotcore.platform.db import init_connection
 from iotcore.platform.metrics import (
     DEFAULT_PARTITION_ROWS,
     MAINTENANCE_LAST_SUCCESS,
     MAINTENANCE_RUNS,
     MAINTENANCE_SECONDS,
 )
+from iotcore.platform.redis import Redis
 from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.maintenance")
@@ -194,11 +198,31 @@ async def end_expired_rotations(settings: Settings) -> int:
     return len(rows)
 
 
+async def expire_due_commands(settings: Settings) -> int:
+    """Commands past their expiry end `expired`, each a `command` event on its tenant's live
+    stream. (Delivery and replies check the expiry themselves: this makes it visible.)"""
+    conn = await _connect(settings)
+    redis = Redis(settings)
+    try:
+        await init_connection(conn)  # jsonb as Python values, as in the service's pools
+        expired = await expire_commands(conn, redis)
+    finally:
+        await conn.close()
+        await redis.close()
+    if expired:
+        log.info("commands expired", extra={"commands": expired})
+    return expired
+
+
 async def _end_expired_rotations_logged(settings: Settings) -> None:
     try:
         await end_expired_rotations(settings)
     except (OSError, asyncpg.PostgresError) as exc:
         log.warning("rotation grace check failed; will retry", extra={"error": str(exc)})
+    try:
+        await expire_due_commands(settings)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("command expiry failed; will retry", extra={"error": str(exc)})
 
 
 async def run_forever(settings: Settings, status: MaintenanceStatus | None = None) -> None:

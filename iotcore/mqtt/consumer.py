@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 
 from iotcore.config import Settings
 from iotcore.devices.registry import DeviceRegistry
+from iotcore.mqtt.commands import ExternalDelivery, replies_subscription
 from iotcore.platform.context import Platform
 from iotcore.telemetry.ingest.service import TelemetryIngest
 from iotcore.telemetry.ingest.store import Outcome, Submission, WriteResult, is_transient
@@ -214,6 +215,7 @@ class Consumer:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.inbox = Inbox()
+        self.commands = ExternalDelivery(platform)
 
     def _client(self, inbox: Inbox) -> aiomqtt.Client:
         settings = self._settings
@@ -252,8 +254,12 @@ class Consumer:
         # reading before the SUBACK and the subscribe would time out, again on every retry.
         handing_off = asyncio.create_task(self._hand_off(client, inbox))
         try:
+            settings = self._settings
+            replies = replies_subscription(
+                settings.mqtt_shared_subscription, settings.mqtt_share_group
+            )
             subscribing = asyncio.ensure_future(
-                client.subscribe(subscription(self._settings), qos=1)
+                client.subscribe([(subscription(settings), 1), (replies, 1)])
             )
             await asyncio.wait((handing_off, subscribing), return_when=asyncio.FIRST_COMPLETED)
             if handing_off.done():
@@ -262,8 +268,10 @@ class Consumer:
             await subscribing
             self.connected = True
             log.info("ingest subscribed", extra={"topic": subscription(self._settings)})
+            self.commands.attach(client)
             await handing_off
         finally:
+            self.commands.attach(None)
             handing_off.cancel()
 
     async def _hand_off(self, client: aiomqtt.Client, inbox: Inbox) -> None:
@@ -271,6 +279,10 @@ class Consumer:
         while True:
             messages = await inbox.take(client._disconnected)
             received = datetime.now(UTC)
+            if any(not m.topic.endswith("/telemetry") for m in messages):
+                messages = await self._replies(paho, messages)
+                if not messages:
+                    continue
             submissions = []
             for message in messages:
                 topic, payload = message.topic, bytes(message.payload)
@@ -299,6 +311,30 @@ class Consumer:
 
                 future.add_done_callback(ack)
             await asyncio.sleep(0)  # let paho, the writer and the timers run between slices
+
+    async def _replies(self, paho: PahoClient, messages: list[MQTTMessage]) -> list[MQTTMessage]:
+        """Command replies among the messages are stored (or recorded as rejected) and then
+        acknowledged; the telemetry is returned. A reply the database cannot take now is
+        retried, holding the stream like telemetry does."""
+        telemetry = []
+        for message in messages:
+            if message.topic.endswith("/telemetry"):
+                telemetry.append(message)
+                continue
+            delay = 0.1
+            while True:
+                try:
+                    await self.commands.reply(message.topic, bytes(message.payload))
+                    break
+                except Exception as exc:
+                    if not is_transient(exc):  # it would fail the same way forever
+                        log.exception("command reply refused by the database; dropped")
+                        break
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+            if message.qos == 1:
+                ack_all(paho, [message.mid])
+        return telemetry
 
     async def _submission(self, topic: str, payload: bytes) -> Submission:
         """Checking the device needs Postgres (or the cache): while it is away, wait and
@@ -329,9 +365,11 @@ class Consumer:
             delay = min(delay * 2, 30)
 
     async def start(self) -> None:
+        self.commands.start()
         self._task = asyncio.create_task(self.run(), name="mqtt-consumer")
 
     async def stop(self) -> None:
+        await self.commands.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -86,3 +86,19 @@ BROKER_REFUSED = Counter(
 SESSION_KICKS = Counter(
     "iotcore_emqx_session_kicks_total", "EMQX kick-out calls by outcome", ["outcome"]
 )
+COMMANDS = Counter(
+    "iotcore_commands_total",
+    "Commands reaching each status (pending when created, sent, succeeded, failed, expired)",
+    ["status"],
+)
+COMMAND_ROUND_TRIP = Histogram(
+    "iotcore_command_round_trip_seconds",
+    "From a command's creation (the POST's commit) to the device's stored answer: delivery, "
+    "the device's work and its reply; for a device offline at first, its time away too",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+COMMAND_REPLIES_REJECTED = Counter(
+    "iotcore_command_replies_rejected_total",
+    "Command replies refused (recorded in ingest_rejects) by reason",
+    ["reason"],
+)

@@ -162,7 +162,7 @@ def _operation(endpoint: Endpoint, refs: dict[str, Any]) -> dict[str, Any]:
 # The contract's version (docs/versioning.md): the major is the path's /v1; the minor grows
 # with each addition (new endpoint, field, error code); the patch with clarifications. Every
 # change is in CHANGELOG.md under this number.
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"
 
 
 def build_openapi(

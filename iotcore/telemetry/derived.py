@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
+
+import orjson
 
 from iotcore.platform.redis import Redis
 
@@ -43,6 +46,25 @@ def latest_key(redis: Redis, tenant_id: UUID | str, device_id: UUID | str) -> st
 
 def live_key(redis: Redis, tenant_id: UUID | str) -> str:
     return redis.key("live", str(tenant_id))
+
+
+async def publish_event(
+    redis: Redis, tenant_id: UUID | str, kind: str, data: dict[str, Any]
+) -> None:
+    """One event other than telemetry (`command`, `presence`) on the tenant's live stream,
+    after the change it reports is committed. `data` carries the `device_id` the stream's
+    device filter matches on. Best effort, as for telemetry: the database stays the truth
+    (a client that missed an event reads the resource again), so a Redis outage is logged,
+    never raised into the committed change."""
+    try:
+        key = live_key(redis, tenant_id)
+        min_id = f"{int(time.time() * 1000) - LIVE_WINDOW_MS}"
+        pipe = redis.client.pipeline(transaction=False)
+        pipe.xadd(key, {"e": kind, "d": orjson.dumps(data)}, minid=min_id, approximate=True)
+        pipe.expire(key, LIVE_TTL_S)
+        await pipe.execute()
+    except Exception:
+        log.warning("live event not published", extra={"kind": kind}, exc_info=True)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,19 @@
 """`iotcore simulate`: provision, claim and connect N simulated devices through the public
-API and an MQTT broker, each publishing telemetry at a given rate. A newcomer's way to see
-data flow; the benchmarks use the same public paths.
+API and an MQTT broker, each publishing telemetry at a given rate and answering commands. A
+newcomer's way to see data flow; the benchmarks use the same public paths.
 
     iotcore simulate --api http://127.0.0.1:8080 --devices 10 --rate 1 --duration 60
+
+Each device subscribes to its commands and answers every one on its reply topic: a command
+named `fail` with `{"ok": false, "result": {"error": ...}}`, any other with `{"ok": true,
+"result": {"echo": <the command's params>}}`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -78,6 +83,30 @@ async def setup_devices(
     return email, devices
 
 
+def command_reply(command: dict[str, Any]) -> dict[str, Any]:
+    """A simulated device's answer to a command it received."""
+    if command.get("name") == "fail":
+        return {"ok": False, "result": {"error": "simulated failure"}}
+    return {"ok": True, "result": {"echo": command.get("params", {})}}
+
+
+async def answer_commands(client: aiomqtt.Client, device: dict[str, Any]) -> None:
+    """Reply to every command the device receives (once per command id: a broker may
+    deliver one twice)."""
+    replies = device["mqtt"]["telemetry_topic"].removesuffix("/telemetry") + "/replies/"
+    answered: set[str] = set()
+    async for message in client.messages:
+        try:
+            command = orjson.loads(message.payload)
+            command_id = str(command["command_id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if command_id in answered:
+            continue
+        answered.add(command_id)
+        await client.publish(replies + command_id, orjson.dumps(command_reply(command)), qos=1)
+
+
 async def run_device(broker: str, device: dict[str, Any], rate: float, until: float) -> int:
     url = urlsplit(broker)
     sent = 0
@@ -89,6 +118,22 @@ async def run_device(broker: str, device: dict[str, Any], rate: float, until: fl
         password=device["secret"],
         identifier=device["mqtt"]["client_id"],
     ) as client:
+        await client.subscribe(device["mqtt"]["commands_topic"], qos=1)
+        answering = asyncio.create_task(answer_commands(client, device))
+        try:
+            sent = await _publish_until(client, device, rate, until, phase)
+        finally:
+            answering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answering
+    return sent
+
+
+async def _publish_until(
+    client: aiomqtt.Client, device: dict[str, Any], rate: float, until: float, phase: float
+) -> int:
+    sent = 0
+    if rate > 0:
         while time.monotonic() < until:
             now = time.time()
             payload = {
@@ -102,6 +147,8 @@ async def run_device(broker: str, device: dict[str, Any], rate: float, until: fl
             await client.publish(device["mqtt"]["telemetry_topic"], orjson.dumps(payload), qos=1)
             sent += 1
             await asyncio.sleep(1 / rate)
+    else:
+        await asyncio.sleep(max(0.0, until - time.monotonic()))  # commands only
     return sent
 
 

@@ -17,7 +17,10 @@ from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from iotcore.config import Settings
+from iotcore.platform.context import Platform
+from iotcore.tools.simulate import run_device
 from tests.console.conftest import log_in, screenshot
+from tests.support.broker import embedded_broker
 from tests.support.devices import DeviceCredentials, claimed_device, device_call, provision
 from tests.support.telemetry import post_telemetry
 from tests.support.users import PASSWORD, RegisteredUser, add_user, register, unique_email
@@ -281,12 +284,7 @@ async def test_rename_labels_rotate_and_reset_from_the_device_page(
     ).json()
     assert (stored["name"], stored["labels"]) == ("Pump 7", {"site": "north", "floor": "2"})
 
-    # Commands (issue 14): the section shows when the server has them, else it stays hidden.
-    probe = await client.get(f"/api/v1/devices/{device.device_id}/commands", headers=owner.headers)
-    if probe.status == 404:
-        await expect(page.locator("#commands")).to_be_hidden()
-    else:
-        await expect(page.locator("#command-form")).to_be_visible()
+    await expect(page.locator("#command-form")).to_be_visible()
 
     await page.get_by_role("button", name="Rotate secret").click()
     await page.get_by_role("dialog").get_by_role("button", name="Rotate").click()
@@ -305,6 +303,46 @@ async def test_rename_labels_rotate_and_reset_from_the_device_page(
     await expect(page.get_by_role("heading", name="Devices")).to_be_visible()
     gone = await client.get(f"/api/v1/devices/{device.device_id}", headers=owner.headers)
     assert gone.status == 404  # unclaimed: no longer the tenant's
+
+
+async def test_command_sent_from_the_page_succeeds_when_the_simulated_device_replies(
+    client: Client, settings: Settings, platform: Platform, page: Page
+) -> None:
+    owner = await register(client)
+    device = await claimed_device(client, settings, owner)
+    simulated = {
+        "secret": device.secret,
+        "mqtt": {
+            "username": device.device_id,
+            "client_id": device.device_id,
+            "telemetry_topic": device.telemetry_topic,
+            "commands_topic": device.telemetry_topic.replace("/telemetry", "/commands/#"),
+        },
+    }
+    async with embedded_broker(platform) as broker:
+        # The device `iotcore simulate` runs: subscribed to its commands, answering each.
+        running = asyncio.create_task(
+            run_device(f"mqtt://127.0.0.1:{broker.port}", simulated, 0, time.monotonic() + 60)
+        )
+        try:
+            await log_in(page, owner.email, owner.password)
+            await open_device(page, device.device_id)
+            form = page.locator("#command-form")
+            await form.get_by_label("Command").fill("set_rate")
+            await form.get_by_label("Parameters (JSON object)").fill('{"rate": 5}')
+            await form.get_by_role("button", name="Send command").click()
+            row = page.locator("#commands-table tbody tr").first
+            await expect(row).to_contain_text("set_rate")
+            await expect(row.locator(".badge")).to_have_text("succeeded", timeout=10_000)
+            await expect(row).to_contain_text('{"echo":{"rate":5}}')
+            await screenshot(page, "device-commands")
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    listed = await (
+        await client.get(f"/api/v1/devices/{device.device_id}/commands", headers=owner.headers)
+    ).json()
+    assert [(c["name"], c["status"]) for c in listed["items"]] == [("set_rate", "succeeded")]
 
 
 async def test_users_and_api_keys_pages(client: Client, page: Page) -> None:

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 from iotcore.config import Settings
 from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
-from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY
 from iotcore.telemetry.read.stream import _events
+from tests.support.broker import ingest_consumer
 from tests.support.devices import claimed_device
 from tests.support.telemetry import post_telemetry
 from tests.support.users import register
@@ -28,14 +28,8 @@ Client = TestClient  # type: ignore[type-arg]
 
 @pytest.fixture(scope="module")
 async def consumer(client: Client, platform: Platform) -> AsyncIterator[IngestRole]:
-    assert client.app is not None
-    role = IngestRole(platform, client.app[TELEMETRY_INGEST_KEY])
-    await role.start()
-    deadline = time.monotonic() + 10
-    while not role.consumer.connected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    yield role
-    await role.stop()
+    async with ingest_consumer(client, platform) as role:
+        yield role
 
 
 async def read_events(

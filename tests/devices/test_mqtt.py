@@ -186,6 +186,24 @@ async def test_emqx_authz_enforces_topics(client: Client, settings: Settings) ->
     )
     assert await authz(f"{base}/telemetry", "publish", ingest) == "deny"
 
+    # Commands: the device replies on its own replies topic only, one command id a topic;
+    # the ingest account delivers commands and reads replies, nothing else of a device.
+    command = "5f0c1d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f"
+    stranger = f"tenants/{creds.tenant_id}/devices/00000000-0000-0000-0000-000000000000"
+    assert await authz(f"{base}/replies/{command}", "publish") == "allow"
+    assert await authz(f"{base}/replies/{command}", "subscribe") == "deny"
+    assert await authz(f"{base}/replies/+", "publish") == "deny"
+    assert await authz(f"{base}/replies/{command.upper()}", "publish") == "deny"
+    assert await authz(f"{stranger}/replies/{command}", "publish") == "deny"
+    assert await authz(f"{stranger}/commands/#", "subscribe") == "deny"
+    assert await authz(f"{stranger}/commands/reboot", "subscribe") == "deny"
+    assert await authz(f"{base}/commands/reboot", "publish", ingest) == "allow"
+    assert await authz(f"{base}/commands/#", "publish", ingest) == "deny"
+    assert await authz("$share/iotcore/tenants/+/devices/+/replies/+", "subscribe", ingest) == (
+        "allow"
+    )
+    assert await authz(f"{base}/commands/#", "subscribe", ingest) == "deny"
+
 
 async def test_rotation_grace_then_old_secret_refused_once_new_is_used(
     client: Client, settings: Settings

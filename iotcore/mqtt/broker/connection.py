@@ -44,6 +44,7 @@ class Connection(asyncio.Protocol):
         self.session: Session | None = None
         self.will: packets.Will | None = None
         self.telemetry_topic = ""
+        self.topic_base = ""  # tenants/{t}/devices/{d} of the accepted device
         self.acks: deque[Ack] = deque()
         self.connecting = False  # CONNECT received, answer not sent yet
         self.closed = False
@@ -138,6 +139,7 @@ class Connection(asyncio.Protocol):
         self.grant = grant
         self.session = session
         self.telemetry_topic = grant.telemetry_topic
+        self.topic_base = grant.telemetry_topic.removesuffix("/telemetry")
         self.connecting = False
         self.write(packets.connack(present, packets.ACCEPTED))
         session.resume(self)

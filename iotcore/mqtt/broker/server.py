@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from iotcore.devices.mqtt_access import device_may, topic_base, will_allowed
+from iotcore.devices.mqtt_access import device_may, reply_command_id, topic_base, will_allowed
 from iotcore.devices.registry import DeviceIdentity, DeviceLogin, DeviceRegistry, parse_uuid
 from iotcore.mqtt.broker import packets
+from iotcore.mqtt.broker.commands import EmbeddedDelivery
 from iotcore.mqtt.broker.connection import Ack, Connection
 from iotcore.mqtt.broker.sessions import Message, Session
 from iotcore.mqtt.broker.topics import RetainedStore, SubscriptionTree
@@ -98,6 +99,7 @@ class EmbeddedBroker:
         self, platform: Platform, registry: DeviceRegistry, ingest: TelemetryIngest
     ) -> None:
         settings = platform.settings
+        self.settings = settings
         self._platform = platform
         self._registry = registry
         self._ingest = ingest
@@ -120,6 +122,7 @@ class EmbeddedBroker:
         self.rechecks = 0  # sessions checked again after a credential change (for tests)
         self._loop = asyncio.get_running_loop()
         self.now = self._loop.time
+        self.commands = EmbeddedDelivery(self, platform)
 
     @property
     def address(self) -> str:
@@ -136,11 +139,13 @@ class EmbeddedBroker:
             self.port = self._server.sockets[0].getsockname()[1]
         self._spawn(self._hand_off_forever(), "broker-telemetry-handoff")
         self._spawn(self._sweep_forever(), "broker-sweep")
+        self.commands.start()
         log.info("embedded broker listening", extra={"address": self.address})
 
     async def stop(self) -> None:
         if self.credentials_changed in self._registry.listeners:
             self._registry.listeners.remove(self.credentials_changed)
+        await self.commands.stop()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -225,6 +230,8 @@ class EmbeddedBroker:
             session = Session(grant.client_id, grant.identity.tenant_id, self._queue_limit)
             self.sessions[grant.client_id] = session
         connection.accepted(grant, session, present)
+        if present:  # a resumed session keeps its subscriptions: its commands are due now
+            self.commands.subscribed(session, list(session.subscriptions.items()))
 
     def _drop_session(self, session: Session) -> None:
         if self.sessions.get(session.client_id) is session:
@@ -234,6 +241,7 @@ class EmbeddedBroker:
         session.subscriptions.clear()
         session.queue.clear()
         session.inflight.clear()
+        session.commands.clear()
 
     # ------------------------------------------------------------------ publish
 
@@ -254,9 +262,23 @@ class EmbeddedBroker:
             log.info("publish denied; closing", extra={"device_id": grant.client_id})
             connection.close(send_will=True)
             return
+        command_id = reply_command_id(connection.topic_base, message.topic)
+        if command_id is not None:  # a reply: to the commands, never to other subscribers
+            self.commands.reply(
+                connection,
+                message.topic,
+                command_id,
+                message.payload,
+                message.qos,
+                message.packet_id,
+            )
+            return
         self.route(Message(message.topic, message.payload, message.qos, message.retain))
         if message.qos == 1:
             connection.owe_ack(message.packet_id, ready=True)
+
+    def subscribers(self, topic: str) -> list[tuple[object, int]]:
+        return list(self._subscriptions.match(topic))
 
     def route(self, message: Message) -> None:
         """A status message: retained if asked, then to every matching subscription."""
@@ -331,6 +353,7 @@ class EmbeddedBroker:
         for topic_filter, granted in allowed:
             for topic, (payload, qos) in self._retained.matching(topic_filter):
                 session.deliver(Message(topic, payload, min(qos, granted), True))
+        self.commands.subscribed(session, allowed)
 
     def unsubscribe(self, connection: Connection, packet_id: int, filters: list[str]) -> None:
         session = connection.session

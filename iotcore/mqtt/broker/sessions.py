@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -27,11 +28,19 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    # A command: never sent (nor sent again) once this unix time has passed, and who to
+    # tell when the client acknowledges it.
+    expires: float | None = None
+    on_ack: Callable[[], None] | None = None
+
+    def expired(self) -> bool:
+        return self.expires is not None and self.expires <= time.time()
 
 
 class Session:
     __slots__ = (
         "client_id",
+        "commands",
         "connection",
         "dropped",
         "inflight",
@@ -54,6 +63,7 @@ class Session:
         self.next_id = 0
         self.offline_since = time.monotonic()
         self.dropped = 0
+        self.commands: set[UUID] = set()  # commands handed to this session, not yet acked
 
     def deliver(self, message: Message) -> None:
         connection = self.connection
@@ -71,6 +81,8 @@ class Session:
             self.dropped += 1  # bounded: the oldest undelivered messages are kept
 
     def _send(self, connection: Connection, message: Message) -> None:
+        if message.expired():
+            return
         packet_id = self._packet_id()
         self.inflight[packet_id] = message
         connection.write(
@@ -84,8 +96,11 @@ class Session:
                 return self.next_id
 
     def acknowledged(self, packet_id: int) -> None:
-        if self.inflight.pop(packet_id, None) is None:
+        message = self.inflight.pop(packet_id, None)
+        if message is None:
             return
+        if message.on_ack is not None:
+            message.on_ack()
         connection = self.connection
         while connection is not None and self.queue and len(self.inflight) < MAX_INFLIGHT:
             self._send(connection, self.queue.popleft())
@@ -93,7 +108,10 @@ class Session:
     def resume(self, connection: Connection) -> None:
         """A reconnect: unacknowledged messages again (DUP set, same ids), then the queue."""
         self.connection = connection
-        for packet_id, message in self.inflight.items():
+        for packet_id, message in list(self.inflight.items()):
+            if message.expired():  # a command past its expiry is not sent again
+                del self.inflight[packet_id]
+                continue
             connection.write(
                 packets.publish(message.topic, message.payload, 1, message.retain, packet_id, True)
             )
