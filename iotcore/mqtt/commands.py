@@ -31,6 +31,12 @@ def replies_subscription(shared: bool, group: str) -> str:
     return f"$share/{group}/{REPLIES_FILTER}" if shared else REPLIES_FILTER
 
 
+def is_reply(topic: str) -> bool:
+    """`tenants/+/devices/+/replies/+`, what the replies subscription brings."""
+    levels = topic.split("/", 5)
+    return len(levels) == 6 and levels[4] == "replies" and levels[0] == "tenants"
+
+
 def reply_topic(topic: str) -> tuple[UUID, UUID, str] | None:
     """(tenant, device, command id text) of `tenants/{t}/devices/{d}/replies/{c}`."""
     levels = topic.split("/")

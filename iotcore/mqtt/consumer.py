@@ -42,7 +42,7 @@ from paho.mqtt.properties import Properties
 
 from iotcore.config import Settings
 from iotcore.devices.registry import DeviceRegistry
-from iotcore.mqtt.commands import ExternalDelivery, replies_subscription
+from iotcore.mqtt.commands import ExternalDelivery, is_reply, replies_subscription
 from iotcore.platform.context import Platform
 from iotcore.telemetry.ingest.service import TelemetryIngest
 from iotcore.telemetry.ingest.store import Outcome, Submission, WriteResult, is_transient
@@ -279,7 +279,7 @@ class Consumer:
         while True:
             messages = await inbox.take(client._disconnected)
             received = datetime.now(UTC)
-            if any(not m.topic.endswith("/telemetry") for m in messages):
+            if any(is_reply(m.topic) for m in messages):
                 messages = await self._replies(paho, messages)
                 if not messages:
                     continue
@@ -314,12 +314,12 @@ class Consumer:
 
     async def _replies(self, paho: PahoClient, messages: list[MQTTMessage]) -> list[MQTTMessage]:
         """Command replies among the messages are stored (or recorded as rejected) and then
-        acknowledged; the telemetry is returned. A reply the database cannot take now is
+        acknowledged; the others are returned. A reply the database cannot take now is
         retried, holding the stream like telemetry does."""
-        telemetry = []
+        others = []
         for message in messages:
-            if message.topic.endswith("/telemetry"):
-                telemetry.append(message)
+            if not is_reply(message.topic):
+                others.append(message)
                 continue
             delay = 0.1
             while True:
@@ -334,7 +334,7 @@ class Consumer:
                     delay = min(delay * 2, 5.0)
             if message.qos == 1:
                 ack_all(paho, [message.mid])
-        return telemetry
+        return others
 
     async def _submission(self, topic: str, payload: bytes) -> Submission:
         """Checking the device needs Postgres (or the cache): while it is away, wait and
