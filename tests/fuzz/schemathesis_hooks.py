@@ -159,6 +159,10 @@ def flatmap_path_parameters(ctx: Any, path_parameters: dict[str, Any]) -> Any:
     pool, so the fuzz cannot reset every device the other operations need."""
     if ctx.operation is None or not path_parameters:
         return st.just(path_parameters)
+    # Ids that only make sense together (a device's command): whole sets, or the generated.
+    together = context()["path_sets"].get(operation_key(ctx.operation), [])
+    if together:
+        return st.sampled_from([*together, path_parameters])
     pools = context()["path_pools"]
     method, path = ctx.operation.method.upper(), ctx.operation.path
     if method == "DELETE" or path.endswith(DESTRUCTIVE_SUFFIXES):

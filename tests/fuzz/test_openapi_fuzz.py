@@ -264,6 +264,9 @@ def arrange(api: Api, record: Path) -> dict[str, Any]:
         {"confirmation": "PURGE", "before": "2000-01-01T00:00:00Z"},
         token,
     )
+    command = api.json(
+        "POST", f"/api/v1/devices/{ids[0]}/commands", {"name": "reboot", "ttl_s": 86400}, token
+    )
     return {
         "record": str(record),
         "credentials": {
@@ -287,6 +290,11 @@ def arrange(api: Api, record: Path) -> dict[str, Any]:
                 "destroy": [spare_key["api_key_id"]],
             },
             "job_id": {"read": [job["job_id"]], "write": [], "destroy": []},
+        },
+        "path_sets": {
+            "GET /api/v1/devices/{device_id}/commands/{command_id}": [
+                {"device_id": ids[0], "command_id": command["command_id"]}
+            ],
         },
         "body_seeds": {
             "POST /api/v1/auth/login": [{"email": owner["email"], "password": owner["password"]}],
