@@ -32,11 +32,9 @@ from iotcore.platform.errors import NotFound
 from iotcore.platform.metrics import COMMAND_REPLIES_REJECTED, COMMAND_ROUND_TRIP, COMMANDS
 from iotcore.platform.pagination import decode_keyset, keyset_page
 from iotcore.platform.redis import Redis
-from iotcore.platform.sql import queries
 from iotcore.telemetry.derived import publish_event
 
 log = logging.getLogger("iotcore.commands")
-SQL = queries("commands")
 EXCERPT_CHARS = 200
 DUE_BATCH = 100
 
@@ -57,6 +55,7 @@ class CommandService:
     def __init__(self, platform: Platform) -> None:
         self._db = platform.db
         self._redis = platform.redis
+        self._sql = platform.queries("commands")
         for status in ("pending", "sent", "succeeded", "failed", "expired"):
             COMMANDS.labels(status)  # every series exists from the start, at 0
 
@@ -67,7 +66,7 @@ class CommandService:
     ) -> CommandAccepted:
         async with self._db.tenant_transaction(principal.tenant_id) as conn:
             row = await conn.fetchrow(
-                SQL["create_command"],
+                self._sql["create_command"],
                 device_id,
                 request.name,
                 request.params,
@@ -84,7 +83,7 @@ class CommandService:
 
     async def get(self, principal: UserPrincipal, device_id: UUID, command_id: UUID) -> CommandOut:
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            row = await conn.fetchrow(SQL["get_command"], device_id, command_id)
+            row = await conn.fetchrow(self._sql["get_command"], device_id, command_id)
         if row is None:
             raise NotFound("No such command.")
         return command_out(row)
@@ -99,10 +98,10 @@ class CommandService:
     ) -> tuple[list[CommandOut], str | None]:
         before_ts, before_id = decode_keyset(cursor)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            if not await conn.fetchval(SQL["device_exists"], device_id):
+            if not await conn.fetchval(self._sql["device_exists"], device_id):
                 raise NotFound("No such device.")
             rows = await conn.fetch(
-                SQL["list_commands"], device_id, status, before_ts, before_id, limit + 1
+                self._sql["list_commands"], device_id, status, before_ts, before_id, limit + 1
             )
         page, next_cursor = keyset_page(rows, limit, "command_id")
         return [command_out(r) for r in page], next_cursor
@@ -113,7 +112,7 @@ class CommandService:
         """Unexpired commands a connected device should receive (with `resend`, also those
         sent and unanswered), oldest first."""
         async with self._db.tenant_transaction(tenant_id, read=True) as conn:
-            return list(await conn.fetch(SQL["due_commands"], device_id, resend, DUE_BATCH))
+            return list(await conn.fetch(self._sql["due_commands"], device_id, resend, DUE_BATCH))
 
     async def mark_sent(
         self, tenant_id: UUID, command_id: UUID, *, again_after_s: float | None = None
@@ -123,7 +122,7 @@ class CommandService:
         expired, or claimed by another."""
         async with self._db.tenant_transaction(tenant_id) as conn:
             row = await conn.fetchrow(
-                SQL["mark_sent"], command_id, again_after_s is not None, again_after_s or 0.0
+                self._sql["mark_sent"], command_id, again_after_s is not None, again_after_s or 0.0
             )
         if row is None:
             return None
@@ -131,7 +130,7 @@ class CommandService:
 
     async def open_devices(self) -> builtins.list[tuple[UUID, UUID]]:
         async with self._db.transaction(read=True) as conn:
-            rows = await conn.fetch(SQL["open_devices"])
+            rows = await conn.fetch(self._sql["open_devices"])
         return [(r["tenant_id"], r["device_id"]) for r in rows]
 
     # replies -----------------------------------------------------------------------------
@@ -154,7 +153,7 @@ class CommandService:
             row = (
                 None
                 if command_id is None
-                else await conn.fetchrow(SQL["command_for_reply"], command_id)
+                else await conn.fetchrow(self._sql["command_for_reply"], command_id)
             )
             changed = None
             if reply is None:
@@ -167,16 +166,16 @@ class CommandService:
                 outcome = "reply_duplicate"
             elif row["status"] == "expired" or row["expired"]:
                 outcome = "reply_expired"
-                changed = await conn.fetchrow(SQL["expire_command"], command_id)
+                changed = await conn.fetchrow(self._sql["expire_command"], command_id)
             else:
                 status = "succeeded" if reply.ok else "failed"
                 changed = await conn.fetchrow(
-                    SQL["complete_command"], command_id, status, reply.result
+                    self._sql["complete_command"], command_id, status, reply.result
                 )
                 outcome = status
             if outcome.startswith("reply_"):
                 await conn.execute(
-                    SQL["insert_reject"],
+                    self._sql["insert_reject"],
                     tenant_id,
                     device_id,
                     topic,
@@ -193,11 +192,11 @@ class CommandService:
         return outcome
 
 
-async def expire_commands(conn: Any, redis: Redis, batch: int = 1000) -> int:
+async def expire_commands(conn: Any, redis: Redis, sql: dict[str, str], batch: int = 1000) -> int:
     """`maintain` (as the owner, every tenant): commands past their expiry end `expired`."""
     expired = 0
     while True:
-        rows = await conn.fetch(SQL["expire_commands"], batch)
+        rows = await conn.fetch(sql["expire_commands"], batch)
         for row in rows:
             await command_changed(redis, row["tenant_id"], row)
         expired += len(rows)

@@ -205,7 +205,7 @@ async def expire_due_commands(settings: Settings) -> int:
     redis = Redis(settings)
     try:
         await init_connection(conn)  # jsonb as Python values, as in the service's pools
-        expired = await expire_commands(conn, redis)
+        expired = await expire_commands(conn, redis, queries("commands", settings.sql_dir))
     finally:
         await conn.close()
         await redis.close()
