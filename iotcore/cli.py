@@ -120,6 +120,7 @@ async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
         MaintenanceStatus,
         end_expired_rotations,
         expire_due_commands,
+        expire_stale_presence,
         run_forever,
         run_once,
     )
@@ -132,8 +133,10 @@ async def run_maintain(settings: Settings, args: argparse.Namespace) -> None:
             report = await run_once(settings)
             expired = await end_expired_rotations(settings)
             commands = await expire_due_commands(settings)
+            stale = await expire_stale_presence(settings, platform.redis)
             print(
-                f"maintenance: {report}, rotations_expired={expired}, commands_expired={commands}",
+                f"maintenance: {report}, rotations_expired={expired}, "
+                f"commands_expired={commands}, presence_stale={stale}",
                 flush=True,
             )
             await run_worker(platform, once=True)

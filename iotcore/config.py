@@ -122,6 +122,29 @@ class Settings(BaseSettings):
     )
     mqtt_hook_token: SecretStr = SecretStr(DEV_MQTT_HOOK_TOKEN)
 
+    # Presence (docs/api.md, "Presence"). A connected device with no sign of life (connect,
+    # status message, telemetry, the embedded broker's heartbeat) for IOT_PRESENCE_STALE_S is
+    # marked offline by `maintain`: keep it above the devices' keep-alive and publish interval.
+    presence_stale_s: int = Field(
+        default=600,
+        ge=10,
+        description="A connected device with no sign of life for this long is marked offline",
+    )
+    presence_heartbeat_s: int = Field(
+        default=60,
+        ge=1,
+        description="How often the embedded broker confirms the devices it holds (must be "
+        "well under IOT_PRESENCE_STALE_S)",
+    )
+    presence_check_s: int = Field(
+        default=30, ge=1, description="How often `maintain` applies the staleness rule"
+    )
+    broker_node: str = Field(
+        default="",
+        description="The embedded broker's node name for presence (empty: "
+        "embedded@<hostname>:<port>); a restart marks this node's devices offline",
+    )
+
     # Identity
     jwt_keys: SecretStr = SecretStr(DEV_JWT_KEYS)
     jwt_signing_kid: str = "dev"
@@ -230,6 +253,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_presence(self) -> Settings:
+        if self.presence_heartbeat_s * 2 > self.presence_stale_s:
+            raise ValueError(
+                "IOT_PRESENCE_HEARTBEAT_S: at most half of IOT_PRESENCE_STALE_S, or devices "
+                "held by the embedded broker would be marked stale between heartbeats"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_key_rings(self) -> Settings:

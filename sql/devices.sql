@@ -28,12 +28,12 @@ SELECT device_reset($1, $2)
 
 -- name: get_device
 SELECT device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
-       last_seen_at, created_at
+       last_seen_at, created_at, connected, connected_at, disconnected_at
 FROM devices WHERE device_id = $1
 
 -- name: list_devices
 SELECT device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
-       last_seen_at, created_at
+       last_seen_at, created_at, connected, connected_at, disconnected_at
 FROM devices
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::timestamptz IS NULL OR (created_at, device_id) > ($2::timestamptz, $3::uuid))
@@ -45,7 +45,7 @@ UPDATE devices SET name = CASE WHEN $2 THEN $3 ELSE name END,
                    labels = COALESCE($4::jsonb, labels)
 WHERE device_id = $1
 RETURNING device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
-          last_seen_at, created_at
+          last_seen_at, created_at, connected, connected_at, disconnected_at
 
 -- name: expire_rotation_grace
 -- Run by maintenance as the owner: old secrets whose grace has passed are forgotten, and the

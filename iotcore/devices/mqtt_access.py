@@ -11,6 +11,7 @@ from iotcore.devices.registry import DeviceIdentity, DeviceRegistry, parse_uuid
 from iotcore.platform.context import Platform
 
 PROBE_PREFIX = "iotcore/probe"  # the ingest account's shared-subscription probe
+STATUS_FILTER = "tenants/+/devices/+/status"  # every device's status, for presence
 
 
 def topic_base(tenant_id: UUID | str, device_id: UUID | str) -> str:
@@ -73,8 +74,11 @@ def is_command_topic(topic: str) -> bool:
 
 def ingest_may(share_group: str, action: str, topic: str) -> bool:
     """The ingest service account subscribes to every device's telemetry and command
-    replies, shared or not, publishes commands to devices, and uses its own probe topic
+    replies, shared or not, and to every device's status (presence,
+    iotcore/devices/presence.py), publishes commands to devices, and uses its own probe topic
     (iotcore/mqtt/probe.py)."""
+    if action == "subscribe" and topic == STATUS_FILTER:
+        return True
     for plain in ("tenants/+/devices/+/telemetry", REPLIES_FILTER):
         if action == "subscribe" and topic in (plain, f"$share/{share_group}/{plain}"):
             return True
@@ -115,6 +119,7 @@ def ingest_acl(share_group: str) -> list[dict[str, str]]:
             "topic": f"$share/{share_group}/{REPLIES_FILTER}",
         },
         {"permission": "allow", "action": "publish", "topic": "tenants/+/devices/+/commands/+"},
+        {"permission": "allow", "action": "subscribe", "topic": STATUS_FILTER},
         {"permission": "allow", "action": "all", "topic": f"{PROBE_PREFIX}/+"},
         {"permission": "allow", "action": "subscribe", "topic": f"$share/+/{PROBE_PREFIX}/+"},
         {"permission": "deny", "action": "all", "topic": "#"},

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from iotcore.auth.routes import require_user
 from iotcore.devices.mqtt_access import MqttAccess
+from iotcore.devices.presence import Presence, PresenceEvent, from_ms
 from iotcore.devices.registry import DeviceRegistry, parse_uuid
 from iotcore.devices.schemas import (
     Accepted,
@@ -24,6 +25,8 @@ from iotcore.devices.schemas import (
     FactoryRequest,
     FactoryResponse,
     HookResult,
+    MqttEventRequest,
+    MqttEventResult,
     ResetRequest,
     SecretResponse,
 )
@@ -33,7 +36,7 @@ from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound, Unauthenticated
 from iotcore.platform.http.caller import ascii_header, client_ip
 from iotcore.platform.http.endpoints import Endpoint
-from iotcore.platform.http.parsing import read_body
+from iotcore.platform.http.parsing import parse_body, read_body
 from iotcore.platform.http.responses import json_response
 
 TAG = "devices"
@@ -42,6 +45,7 @@ DENY = {"result": "deny"}
 DEVICE_REGISTRY_KEY = web.AppKey("device_registry", DeviceRegistry)
 MQTT_ACCESS_KEY = web.AppKey("mqtt_access", MqttAccess)
 DEVICE_SERVICE_KEY = web.AppKey("device_service", DeviceService)
+PRESENCE_KEY = web.AppKey("presence", Presence)
 
 
 def _service(request: web.Request) -> DeviceService:
@@ -148,6 +152,30 @@ async def mqtt_authz(request: web.Request, body: AuthzHookRequest) -> web.Respon
         body.clientid, body.username, body.topic, body.action
     )
     return json_response({"result": "allow" if allowed else "deny"})
+
+
+async def mqtt_events(request: web.Request) -> web.Response:
+    """EMQX's client.connected / client.disconnected events (rule engine, HTTP action). The
+    token is checked before the body is read: without it nothing about the body is said."""
+    _check_hook_token(request)
+    body = await parse_body(request, MqttEventRequest)
+    device_id = parse_uuid(body.clientid)
+    if device_id is None or body.username != body.clientid:
+        return json_response(MqttEventResult(result="ignored"))  # not a device (ingest, ...)
+    identity = await request.app[DEVICE_REGISTRY_KEY].resolve(device_id)
+    if identity is None or identity.tenant_id is None:
+        return json_response(MqttEventResult(result="ignored"))
+    connected = body.event == "client.connected"
+    if connected:
+        assert body.connected_at is not None  # the model requires it
+        at = body.connected_at
+    else:
+        at = body.disconnected_at if body.disconnected_at is not None else body.timestamp or 0
+    event = PresenceEvent(
+        identity.tenant_id, device_id, "emqx", connected, body.connected_at, from_ms(at), body.node
+    )
+    outcome = await request.app[PRESENCE_KEY].apply(event)
+    return json_response(MqttEventResult(result="applied" if outcome == "changed" else outcome))
 
 
 SIGNED = ("X-Timestamp",)
@@ -271,6 +299,17 @@ ENDPOINTS: list[Endpoint] = [
         responses={200: HookResult},
         security=("hook_token",),
     ),
+    Endpoint(
+        "POST",
+        "/api/v1/mqtt/events",
+        mqtt_events,
+        "EMQX client.connected / client.disconnected events (presence)",
+        "mqtt",
+        documented_body=MqttEventRequest,
+        responses={200: MqttEventResult},
+        errors=(401,),
+        security=("hook_token",),
+    ),
 ]
 
 
@@ -280,6 +319,7 @@ def setup(app: web.Application) -> None:
     app[DEVICE_REGISTRY_KEY] = registry
     app[DEVICE_SERVICE_KEY] = DeviceService(platform, registry)
     app[MQTT_ACCESS_KEY] = MqttAccess(platform, registry)
+    app[PRESENCE_KEY] = Presence(platform)
 
     async def start(app: web.Application) -> None:
         await registry.start()

@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from iotcore.platform.pagination import ListQuery
 from iotcore.platform.types import Timestamp
@@ -92,6 +92,10 @@ class DeviceOut(BaseModel):
     claimed_at: Timestamp | None
     last_seen_at: Timestamp | None
     created_at: Timestamp
+    # Presence (docs/api.md, "Presence"): connected to the broker now, and since when.
+    connected: bool = False
+    connected_at: Timestamp | None = None
+    disconnected_at: Timestamp | None = None
 
 
 class DeviceList(BaseModel):
@@ -140,6 +144,37 @@ class AuthzHookRequest(BaseModel):
     topic: str = ""
     action: str = ""
     qos: Any = None
+
+
+class MqttEventRequest(BaseModel):
+    """An EMQX 5.8 rule-engine event (`$events/client_connected`, `.../client_disconnected`)
+    as its HTTP action posts it (`body = "${.}"`, emqx/emqx.conf). Times are epoch ms.
+    Fields EMQX adds beyond these (peername, proto_ver, client_attrs, ...) are accepted and
+    ignored."""
+
+    event: Literal["client.connected", "client.disconnected"]
+    clientid: str = Field(min_length=1, max_length=256)
+    username: str | None = Field(default=None, max_length=256)
+    connected_at: int | None = Field(default=None, ge=0, le=2**53)
+    disconnected_at: int | None = Field(default=None, ge=0, le=2**53)
+    timestamp: int | None = Field(default=None, ge=0, le=2**53)
+    node: str | None = Field(default=None, max_length=256)
+    reason: Any = None
+    keepalive: int | None = Field(default=None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _times(self) -> MqttEventRequest:
+        if self.event == "client.connected" and self.connected_at is None:
+            raise ValueError("client.connected carries connected_at")
+        if self.event == "client.disconnected" and (
+            self.disconnected_at is None and self.timestamp is None
+        ):
+            raise ValueError("client.disconnected carries disconnected_at or timestamp")
+        return self
+
+
+class MqttEventResult(BaseModel):
+    result: Literal["applied", "unchanged", "ignored"]
 
 
 class HookResult(BaseModel):

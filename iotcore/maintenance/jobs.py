@@ -1,8 +1,11 @@
 """Periodic jobs, run as the owner role: daily partitions ahead and retention (native
 partitioning; on TimescaleDB, chunk retention), the TimescaleDB policies from the settings,
-the rollups' refresh (migrations/0012), expired refresh tokens, reject pruning, and (every
-half minute) the end of rotation grace periods, whose EMQX sessions are kicked, and the
-expiry of commands no device answered in time."""
+the rollups' refresh (migrations/0012), expired refresh tokens, reject pruning, (every
+half minute) the end of rotation grace periods, whose EMQX sessions are kicked, the expiry
+of commands no device answered in time, and (every IOT_PRESENCE_CHECK_S) presence's
+staleness rule: a device marked connected with no sign of life for IOT_PRESENCE_STALE_S is
+marked offline, so that no device stays online for ever after a lost event or a crashed
+broker."""
 
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ import asyncpg
 
 from iotcore.commands.service import expire_commands
 from iotcore.config import Settings
+from iotcore.devices.presence import publish_expired
 from iotcore.devices.sessions import SessionKicker
 from iotcore.platform.db import init_connection
 from iotcore.platform.metrics import (
     DEFAULT_PARTITION_ROWS,
+    DEVICES_CONNECTED,
     MAINTENANCE_LAST_SUCCESS,
     MAINTENANCE_RUNS,
     MAINTENANCE_SECONDS,
@@ -225,11 +230,46 @@ async def _end_expired_rotations_logged(settings: Settings) -> None:
         log.warning("command expiry failed; will retry", extra={"error": str(exc)})
 
 
+async def expire_stale_presence(settings: Settings, redis: Redis) -> int:
+    """The staleness rule: connected devices with no sign of life (connect, status, telemetry,
+    the embedded broker's heartbeat) for IOT_PRESENCE_STALE_S go offline, each a presence
+    event; and the devices-connected gauge. Returns how many went offline."""
+    sql = queries("presence", settings.sql_dir)
+    conn = await _connect(settings)
+    try:
+        rows = await conn.fetch(
+            sql["expire"], None, timedelta(seconds=settings.presence_stale_s), "stale"
+        )
+        connected = await conn.fetchval(sql["connected_count"])
+    finally:
+        await conn.close()
+    DEVICES_CONNECTED.set(connected)
+    await publish_expired(redis, rows, "stale")
+    if rows:
+        log.info("stale devices marked offline", extra={"devices": len(rows)})
+    return len(rows)
+
+
+async def _expire_stale_presence_logged(settings: Settings, redis: Redis) -> None:
+    try:
+        await expire_stale_presence(settings, redis)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("presence staleness check failed; will retry", extra={"error": str(exc)})
+
+
 async def run_forever(settings: Settings, status: MaintenanceStatus | None = None) -> None:
-    status = status or MaintenanceStatus()
+    redis = Redis(settings)
+    try:
+        await _run_forever(settings, redis, status or MaintenanceStatus())
+    finally:
+        await redis.close()
+
+
+async def _run_forever(settings: Settings, redis: Redis, status: MaintenanceStatus) -> None:
     for outcome in ("ok", "failed"):
         MAINTENANCE_RUNS.labels(outcome)  # both series exist from the start, at 0
     next_grace = 0.0
+    next_presence = 0.0
     while True:
         report = await run_observed(settings, status)
         # Until the next full pass, the rollups every IOT_TELEMETRY_ROLLUP_REFRESH_S and the
@@ -240,9 +280,15 @@ async def run_forever(settings: Settings, status: MaintenanceStatus | None = Non
             if now >= next_grace:
                 await _end_expired_rotations_logged(settings)
                 next_grace = time.monotonic() + GRACE_INTERVAL_S
+            if now >= next_presence:
+                await _expire_stale_presence_logged(settings, redis)
+                next_presence = time.monotonic() + settings.presence_check_s
             if now >= next_refresh:
                 await refresh_rollups_once(settings)
                 next_refresh = time.monotonic() + settings.telemetry_rollup_refresh_s
             await asyncio.sleep(
-                max(0.0, min(next_pass, next_grace, next_refresh) - time.monotonic())
+                max(
+                    0.0,
+                    min(next_pass, next_grace, next_presence, next_refresh) - time.monotonic(),
+                )
             )

@@ -43,6 +43,7 @@ from paho.mqtt.properties import Properties
 from iotcore.config import Settings
 from iotcore.devices.registry import DeviceRegistry
 from iotcore.mqtt.commands import ExternalDelivery, is_reply, replies_subscription
+from iotcore.mqtt.status import StatusWatcher
 from iotcore.platform.context import Platform
 from iotcore.telemetry.ingest.service import TelemetryIngest
 from iotcore.telemetry.ingest.store import Outcome, Submission, WriteResult, is_transient
@@ -383,7 +384,8 @@ class Consumer:
 
 
 class IngestRole:
-    """`iotcore ingest`: its own device registry and writer, sharing the process platform."""
+    """`iotcore ingest`: its own device registry and writer, sharing the process platform,
+    and the status subscriber that gives presence where the broker has no hooks."""
 
     def __init__(self, platform: Platform, ingest: TelemetryIngest | None = None) -> None:
         self._owns_ingest = ingest is None
@@ -392,6 +394,7 @@ class IngestRole:
             ingest = TelemetryIngest(platform, registry, TelemetryWriter(platform))
         self.ingest = ingest
         self.consumer = Consumer(platform, ingest)
+        self.status = StatusWatcher(platform)
         platform.readiness_checks["ingest"] = self.consumer.readiness
 
     async def start(self) -> None:
@@ -399,8 +402,10 @@ class IngestRole:
             await self.ingest.registry.start()
             await self.ingest.writer.start()
         await self.consumer.start()
+        await self.status.start()
 
     async def stop(self) -> None:
+        await self.status.stop()
         await self.consumer.stop()
         if self._owns_ingest:
             await self.ingest.writer.stop()

@@ -102,3 +102,13 @@ COMMAND_REPLIES_REJECTED = Counter(
     "Command replies refused (recorded in ingest_rejects) by reason",
     ["reason"],
 )
+DEVICES_CONNECTED = Gauge(
+    "iotcore_devices_connected",
+    "Devices connected to a broker, all tenants (set by maintenance from the database)",
+)
+PRESENCE_EVENTS = Counter(
+    "iotcore_presence_events_total",
+    "Presence events by source (embedded, emqx, status, stale, reconcile) and outcome "
+    "(changed, unchanged, ignored, failed)",
+    ["source", "outcome"],
+)

@@ -476,3 +476,33 @@ async def test_console_headers_and_session_endpoints(client: Client) -> None:
     )
     assert reused.status == 401 and (await reused.json())["error"]["code"] == "token_reused"
     assert (await client.post("/console/session/refresh", headers=header)).status == 401
+
+
+async def test_presence_shows_live_on_the_device_page(
+    client: Client, settings: Settings, page: Page
+) -> None:
+    """A connect and a disconnect (EMQX's events here) change the device page's Presence
+    without a reload: the page listens for `presence` events on the live stream."""
+    owner = await register(client)
+    device = await claimed_device(client, settings, owner)
+    await log_in(page, owner.email, owner.password)
+    await open_device(page, device.device_id)
+    shown = page.locator("#device-details dt:has-text('Presence') + dd")
+    await expect(shown).to_have_text("offline")
+    hook = {"Authorization": f"Bearer {settings.mqtt_hook_token.get_secret_value()}"}
+    connected_at = int(time.time() * 1000)
+    event = {"clientid": device.device_id, "username": device.device_id, "node": "emqx@test"}
+    for body in (
+        {**event, "event": "client.connected", "connected_at": connected_at},
+        {
+            **event,
+            "event": "client.disconnected",
+            "connected_at": connected_at,
+            "disconnected_at": connected_at + 1000,
+            "reason": "normal",
+        },
+    ):
+        response = await client.post("/api/v1/mqtt/events", json=body, headers=hook)
+        assert (await response.json()) == {"result": "applied"}
+        expected = "online since" if body["event"] == "client.connected" else "offline since"
+        await expect(shown).to_contain_text(expected, timeout=5_000)

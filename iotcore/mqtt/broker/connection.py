@@ -45,6 +45,9 @@ class Connection(asyncio.Protocol):
         self.will: packets.Will | None = None
         self.telemetry_topic = ""
         self.topic_base = ""  # tenants/{t}/devices/{d} of the accepted device
+        self.status_topic = ""
+        self.presence_gen = 0  # this connection's presence generation (epoch ms)
+        self.taken_over = False  # ended by a new connection of the same client id
         self.acks: deque[Ack] = deque()
         self.connecting = False  # CONNECT received, answer not sent yet
         self.closed = False
@@ -140,6 +143,7 @@ class Connection(asyncio.Protocol):
         self.session = session
         self.telemetry_topic = grant.telemetry_topic
         self.topic_base = grant.telemetry_topic.removesuffix("/telemetry")
+        self.status_topic = grant.telemetry_topic.removesuffix("telemetry") + "status"
         self.connecting = False
         self.write(packets.connack(present, packets.ACCEPTED))
         session.resume(self)

@@ -8,6 +8,15 @@ to their commands. QoS 2 is not offered: a subscription is granted QoS 1 at most
 QoS 2 publish closes the connection. Every live session is checked again against fresh
 credentials when the device's credentials change (reset, rotation, grace expiry), and
 ended when they no longer hold.
+
+Presence (iotcore/devices/presence.py) comes from the connections themselves: an accepted
+CONNECT is a connect event, the end of the connection (clean, dropped, keep-alive timeout,
+whatever the will) a disconnect event, each under the connection's generation; a device's
+own status message says the same in its words. A session taken over ends without a
+disconnect event (its successor is connected). At start, and at stop, the devices this
+node held are marked offline; while running, a heartbeat confirms the ones it holds, so the
+staleness rule (`maintain`) ends whatever a crash left behind. None of it runs per
+telemetry message.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -24,6 +34,13 @@ from typing import Any
 from uuid import UUID
 
 from iotcore.devices.mqtt_access import device_may, reply_command_id, topic_base, will_allowed
+from iotcore.devices.presence import (
+    Presence,
+    PresenceEvent,
+    PresenceQueue,
+    now_ms,
+    parse_status,
+)
 from iotcore.devices.registry import DeviceIdentity, DeviceLogin, DeviceRegistry, parse_uuid
 from iotcore.mqtt.broker import packets
 from iotcore.mqtt.broker.commands import EmbeddedDelivery
@@ -120,6 +137,12 @@ class EmbeddedBroker:
         self._held: set[Connection] = set()
         self._handoff = asyncio.Event()
         self.rechecks = 0  # sessions checked again after a credential change (for tests)
+        self.presence = Presence(platform)
+        self.presence_queue = PresenceQueue(self.presence)
+        self._heartbeat_s = settings.presence_heartbeat_s
+        self._node_setting = settings.broker_node
+        self.node = ""
+        self._generation = 0
         self._loop = asyncio.get_running_loop()
         self.now = self._loop.time
         self.commands = EmbeddedDelivery(self, platform)
@@ -137,9 +160,15 @@ class EmbeddedBroker:
         )
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        self.node = self._node_setting or f"embedded@{socket.gethostname()}:{self.port}"
+        # What this node held before a restart (or a crash) is gone: offline, before the
+        # first CONNECT is read (the listening socket only queues until the loop runs it).
+        await self._reconcile()
+        self.presence_queue.start()
         self._spawn(self._hand_off_forever(), "broker-telemetry-handoff")
         self._spawn(self._sweep_forever(), "broker-sweep")
         self.commands.start()
+        self._spawn(self._heartbeat_forever(), "broker-presence-heartbeat")
         log.info("embedded broker listening", extra={"address": self.address})
 
     async def stop(self) -> None:
@@ -154,9 +183,20 @@ class EmbeddedBroker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.presence_queue.stop()
+        await self._reconcile()  # every connection is closed: none of its devices is online
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    async def _reconcile(self) -> None:
+        try:
+            changed = await self.presence.expire(self.node, None, "reconcile")
+        except Exception as exc:  # the staleness rule ends them later
+            log.warning("presence reconciliation failed", extra={"error": type(exc).__name__})
+            return
+        if changed:
+            log.info("devices of this broker node marked offline", extra={"devices": changed})
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = self._loop.create_task(coroutine, name=name)
@@ -185,6 +225,8 @@ class EmbeddedBroker:
                 self._drop_session(session)
             else:
                 session.detach()
+        if connection.grant is not None and not connection.taken_over:
+            self._presence_event(connection.grant, False, connection.presence_gen)
         will = connection.will
         if will is not None and connection.grant is not None:
             connection.will = None
@@ -219,6 +261,7 @@ class EmbeddedBroker:
             previous = session.connection
             if previous is not None and previous is not connection:
                 previous.session = None  # taken over (3.1.4-2): its close must not detach us
+                previous.taken_over = True  # and it is no disconnect: the device is here
                 previous.close(send_will=True)
                 self._held.discard(previous)
             if grant.clean_session or session.tenant_id != grant.identity.tenant_id:
@@ -229,9 +272,53 @@ class EmbeddedBroker:
         if session is None:
             session = Session(grant.client_id, grant.identity.tenant_id, self._queue_limit)
             self.sessions[grant.client_id] = session
+        # Before the CONNACK: reading what follows it may already end the connection.
+        connection.presence_gen = self._next_generation()
+        self._presence_event(grant, True, connection.presence_gen)
         connection.accepted(grant, session, present)
         if present:  # a resumed session keeps its subscriptions: its commands are due now
             self.commands.subscribed(session, list(session.subscriptions.items()))
+
+    # ------------------------------------------------------------------ presence
+
+    def _next_generation(self) -> int:
+        """Connect time in epoch ms, strictly increasing within this node."""
+        self._generation = max(self._generation + 1, now_ms())
+        return self._generation
+
+    def _presence_event(self, grant: SessionGrant, connected: bool, generation: int) -> None:
+        assert grant.identity.tenant_id is not None
+        self.presence_queue.put(
+            PresenceEvent(
+                grant.identity.tenant_id,
+                grant.identity.device_id,
+                "embedded",
+                connected,
+                generation,
+                datetime.now(UTC),
+                self.node,
+            )
+        )
+
+    def _status(self, connection: Connection, payload: bytes) -> None:
+        """The device's own status message on a live connection: online again is a new
+        generation (it may follow an "offline" on the same connection)."""
+        online = parse_status(payload)
+        if online is None:
+            return
+        if online:
+            connection.presence_gen = self._next_generation()
+        assert connection.grant is not None
+        self._presence_event(connection.grant, online, connection.presence_gen)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            held = [c.grant.identity.device_id for c in self.connections if c.grant is not None]
+            try:
+                await self.presence.touch(self.node, held)
+            except Exception as exc:
+                log.warning("presence heartbeat failed", extra={"error": type(exc).__name__})
 
     def _drop_session(self, session: Session) -> None:
         if self.sessions.get(session.client_id) is session:
@@ -273,6 +360,8 @@ class EmbeddedBroker:
                 message.packet_id,
             )
             return
+        if message.topic == connection.status_topic:
+            self._status(connection, message.payload)
         self.route(Message(message.topic, message.payload, message.qos, message.retain))
         if message.qos == 1:
             connection.owe_ack(message.packet_id, ready=True)

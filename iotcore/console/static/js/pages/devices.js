@@ -5,9 +5,11 @@ import { h, clear, field, flash, formatTime, table } from "../dom.js";
 
 const PAGE = 25;
 
+// Presence (docs/api.md): online since the session began, or offline since it ended.
 export function presence(device) {
   if (!("connected" in device)) return "–";
-  return device.connected ? "online" : "offline";
+  if (device.connected) return device.connected_at ? `online since ${formatTime(device.connected_at)}` : "online";
+  return device.disconnected_at ? `offline since ${formatTime(device.disconnected_at)}` : "offline";
 }
 
 export function devicesPage() {
