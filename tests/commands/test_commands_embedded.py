@@ -290,8 +290,12 @@ async def test_command_events_reach_the_right_tenant_only(
             await mqtt.publish(
                 reply_topic(alice_device, mine["command_id"]), b'{"ok": true}', qos=1
             )
-            events = await read_events(alice_stream, 3, timeout=10)
+            # Three command events, and the device's connect as a presence event among them.
+            shown = await read_events(alice_stream, 4, timeout=10)
+        events = [e for e in shown if e["event"] == "command"]
         assert [e["event"] for e in events] == ["command"] * 3
+        (presence,) = [e for e in shown if e["event"] == "presence"]
+        assert presence["data"]["device_id"] == alice_device.device_id
         assert [e["data"]["status"] for e in events] == ["pending", "sent", "succeeded"]
         assert {e["data"]["command_id"] for e in events} == {mine["command_id"]}
         assert events[0]["data"]["device_id"] == alice_device.device_id

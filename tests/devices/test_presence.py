@@ -171,9 +171,9 @@ async def test_keepalive_timeout_shows_offline_within_the_bound(
     host, port, auth = target(kind, settings, broker)
     keepalive = 2
     device = await device_with_will(host, port, creds, keepalive=keepalive, auth=auth)
+    started = time.monotonic()  # the device's last packet: its status PUBLISH, acknowledged
     try:
         await until_presence(client, owner, creds.device_id, True, within=5)
-        started = time.monotonic()
         # Silent from now on. The bound: 1.5 x keep-alive, plus the broker's own timer and
         # slack for a loaded machine.
         await until_presence(client, owner, creds.device_id, False, within=1.5 * keepalive + 10)
