@@ -28,7 +28,6 @@ from iotcore.devices.registry import parse_uuid
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import PRESENCE_EVENTS
 from iotcore.platform.redis import Redis
-from iotcore.platform.sql import queries
 from iotcore.platform.types import rfc3339_ms
 from iotcore.telemetry.derived import publish_event
 
@@ -102,7 +101,7 @@ class Presence:
     def __init__(self, platform: Platform) -> None:
         self._db = platform.db
         self._redis = platform.redis
-        self._sql = queries("presence", platform.settings.sql_dir)
+        self._sql = platform.queries("presence")
 
     async def apply(self, event: PresenceEvent) -> str:
         """'changed', 'unchanged' or 'ignored' (unknown device, another tenant's, no
