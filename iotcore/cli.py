@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from iotcore.config import Settings, get_settings
+from iotcore.config import Settings, UnknownVariables, check_environment, get_settings
 from iotcore.platform.context import Platform
 from iotcore.platform.http.server import ApiRunner
 from iotcore.platform.logging import configure_logging
@@ -290,11 +290,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(CLIENT_COMMANDS[args.role](args))
     try:
         settings = get_settings()
+        unknown = check_environment(settings)
     except ValidationError as exc:
         for err in exc.errors():
             print(f"iotcore: configuration error: {err['msg']}", file=sys.stderr)
         return 2
+    except UnknownVariables as exc:
+        print(f"iotcore: configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
+    if unknown:
+        log.warning("unknown settings ignored", extra={"variables": unknown})
     if args.role == "migrate":
         return run_migrate(settings, args)
     if args.role == "smoke":

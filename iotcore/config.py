@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,6 +20,32 @@ DEV_DB_PASSWORD = "iotcore-dev"  # ops/services.sh creates the local roles with 
 MIN_SECRET_LENGTH = 32
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# IOT_* variables that are not settings of the processes: read by the operator's shell in the
+# runbooks and ops/*.sh, and by the test and build tooling. Any other IOT_* name that is not a
+# setting is a typo or a setting no longer read (tests/platform/test_config.py keeps this
+# list complete against every IOT_* name in the repository).
+TOOLING_VARIABLES = frozenset(
+    {
+        # runbooks and ops/backup.sh, ops/restore.sh
+        "IOT_API",
+        "IOT_INTERNAL",
+        "IOT_BROKER",
+        "IOT_BACKUP_URL",
+        "IOT_ADMIN_URL",
+        # ops/lib.sh, ops/services.sh, ops/test.sh
+        "IOT_VENV",
+        "IOT_DB_NAME",
+        "IOT_DEV_DB_PASSWORD",
+        "IOT_TIMESCALEDB",
+        "IOT_TIMESCALEDB_HOME",
+        "IOT_TIMESCALEDB_PORT",
+        "IOT_TIMESCALEDB_SOURCE",
+        "IOT_CHROMIUM",
+        "IOT_CONSOLE_ARTIFACTS",
+    }
+)
+TOOLING_PREFIXES = ("IOT_TEST_", "IOT_FUZZ_")
 
 
 def _resource_dir(name: str) -> Path:
@@ -249,6 +277,10 @@ class Settings(BaseSettings):
     # holds itself (IOT_INGEST_RECEIVE_MAXIMUM), since 3.1.1 has no Receive Maximum.
     mqtt_protocol_v5: bool = False
 
+    @classmethod
+    def variables(cls) -> frozenset[str]:
+        return frozenset(f"IOT_{name.upper()}" for name in cls.model_fields)
+
     @field_validator("database_read_url", "emqx_api_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -277,6 +309,48 @@ class Settings(BaseSettings):
             )
         if self.env == "production":
             self._refuse_weak_secrets(jwt, factory)
+        return self
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        """Settings that are valid one by one but contradict each other."""
+        problems = [
+            (
+                self.writer_batch_rows <= self.writer_queue_rows,
+                "IOT_WRITER_BATCH_ROWS: larger than IOT_WRITER_QUEUE_ROWS (a batch never fills)",
+            ),
+            (
+                self.telemetry_max_past_s <= self.telemetry_retention_days * 86400,
+                "IOT_TELEMETRY_MAX_PAST_S: accepts readings older than "
+                "IOT_TELEMETRY_RETENTION_DAYS keeps",
+            ),
+            (
+                self.telemetry_compress_after_days < self.telemetry_retention_days,
+                "IOT_TELEMETRY_COMPRESS_AFTER_DAYS: not below IOT_TELEMETRY_RETENTION_DAYS "
+                "(nothing would ever be compressed)",
+            ),
+            (
+                self.access_token_ttl_s < self.refresh_token_ttl_s,
+                "IOT_ACCESS_TOKEN_TTL_S: not below IOT_REFRESH_TOKEN_TTL_S",
+            ),
+            (
+                self.job_batch_pause_s < self.job_lease_s,
+                "IOT_JOB_BATCH_PAUSE_S: not below IOT_JOB_LEASE_S (the lease, renewed at "
+                "every batch, would run out during the pause)",
+            ),
+            (
+                self.emqx_api_url is None
+                or bool(self.emqx_api_key and self.emqx_api_secret.get_secret_value()),
+                "IOT_EMQX_API_KEY and IOT_EMQX_API_SECRET: required when IOT_EMQX_API_URL is set",
+            ),
+            (
+                not self.mqtt_shared_subscription or bool(self.mqtt_share_group),
+                "IOT_MQTT_SHARE_GROUP: required when IOT_MQTT_SHARED_SUBSCRIPTION is on",
+            ),
+        ]
+        failed = [message for held, message in problems if not held]
+        if failed:
+            raise ValueError("; ".join(failed))
         return self
 
     def _refuse_weak_secrets(self, jwt: dict[str, str], factory: dict[str, str]) -> None:
@@ -317,6 +391,34 @@ class Settings(BaseSettings):
     @property
     def manufacturing_key_ring(self) -> dict[str, str]:
         return parse_key_ring(self.manufacturing_keys.get_secret_value(), "IOT_MANUFACTURING_KEYS")
+
+
+class UnknownVariables(ValueError):
+    """IOT_* variables that no setting reads: refused in production, warned about elsewhere."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """IOT_* names in `environ` that are neither a setting nor a known tooling variable
+    (names are matched case-insensitively, as the settings read them)."""
+    known = Settings.variables() | TOOLING_VARIABLES
+    names = (name.upper() for name in environ)
+    return sorted(
+        name
+        for name in names
+        if name.startswith("IOT_") and name not in known and not name.startswith(TOOLING_PREFIXES)
+    )
+
+
+def check_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The unknown IOT_* variables, for the caller to warn about; in production a misspelt
+    setting would silently leave its default in force, so it refuses to start instead."""
+    unknown = unknown_variables(os.environ if environ is None else environ)
+    if unknown and settings.env == "production":
+        raise UnknownVariables(
+            f"unknown settings {', '.join(unknown)} (misspelt, or no longer read); "
+            "refusing to start in production"
+        )
+    return unknown
 
 
 @lru_cache(maxsize=1)

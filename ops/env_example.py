@@ -37,7 +37,8 @@ HEADER = """\
 # generate it), keep .env out of version control. Compose passes .env to every iotcore
 # container (env_file); the database, Redis and broker addresses are set by the compose file
 # itself. In production (IOT_ENV=production, as compose sets) the processes refuse default or
-# short (<32 chars) keys and the development database password.
+# short (<32 chars) keys, the development database password, and IOT_* names that are not
+# settings (misspelt or no longer read).
 """
 
 

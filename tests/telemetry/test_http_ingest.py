@@ -252,13 +252,13 @@ async def test_redis_down_fails_closed_when_configured(app_with: Any, owner_conn
 
 
 async def test_full_write_queue_is_503_overloaded(app_with: Any) -> None:
-    client = await app_with(writer_queue_rows=2, writer_batch_age_ms=1000, writer_batch_rows=1000)
+    client = await app_with(writer_queue_rows=3, writer_batch_age_ms=1000, writer_batch_rows=3)
     owner = await register(client)
     device = await claimed_device(client, client.settings, owner)
     points = {"points": [{"ts": NOW_MS() - i, "metrics": {"a": i}} for i in range(2)]}
     first = asyncio.create_task(post_telemetry(client, device, points))
-    await asyncio.sleep(0.2)  # the first request fills the queue while its batch waits
-    second = await post_telemetry(client, device, {"metrics": {"b": 1}})
+    await asyncio.sleep(0.2)  # the first request's 2 rows wait for a batch of 3 to fill
+    second = await post_telemetry(client, device, {"metrics": {"b": 1, "c": 2}})
     assert second.status == 503
     assert (await second.json())["error"]["code"] == "overloaded"
     assert "Retry-After" in second.headers

@@ -34,6 +34,7 @@ async def test_the_consumer_stops_reading_when_its_inbox_is_full_and_resumes_wit
         # Room for one hand-off of 50 messages (100 rows) and a half: the second must wait
         # for the first to be written, with some room left (a spin once hid there).
         writer_queue_rows=150,
+        writer_batch_rows=150,
         mqtt_share_group=f"backpressure-{time.time_ns()}",
     )
     platform = Platform.from_settings(small)
