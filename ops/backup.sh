@@ -2,7 +2,7 @@
 # Back up the iotcore database to a pg_dump custom-format file.
 #   bash ops/backup.sh [FILE]        (default: backups/iotcore-YYYYmmddTHHMMSSZ.dump)
 # Connects with IOT_BACKUP_URL: a superuser, or a role with BYPASSRLS that can read every
-# table (ops/services.sh creates `iotcore_backup`). The owner role cannot take the dump:
+# table (`iotcore_backup`, from ops/roles.sql). The owner role cannot take the dump:
 # with FORCE ROW LEVEL SECURITY even the owner sees no tenant's rows without app.tenant_id,
 # and pg_dump refuses to dump a table that row security would filter.
 set -euo pipefail

@@ -39,28 +39,10 @@ ensure_postgres() {
 
 ensure_roles_and_database() {  # [port]: the same roles and database on every cluster
   ADMIN_PORT="${1:-5432}"
-  pg_admin -d postgres <<SQL
-DO \$\$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iotcore_owner') THEN
-    CREATE ROLE iotcore_owner LOGIN CREATEDB CREATEROLE PASSWORD '$DEV_PASSWORD';
-  END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iotcore_app') THEN
-    CREATE ROLE iotcore_app NOLOGIN NOBYPASSRLS;
-  END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iotcore_service') THEN
-    -- The service's login: owns nothing, no BYPASSRLS, privileges only through iotcore_app.
-    CREATE ROLE iotcore_service LOGIN NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '$DEV_PASSWORD';
-  END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iotcore_backup') THEN
-    -- Backups only: reads every row (RLS would hide them from any other role).
-    CREATE ROLE iotcore_backup LOGIN BYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '$DEV_PASSWORD';
-  END IF;
-END
-\$\$;
-GRANT iotcore_app TO iotcore_service;
-GRANT pg_read_all_data TO iotcore_backup;
-SQL
+  local role
+  for role in owner service backup; do
+    echo "SET iotcore.${role}_password = :'password';"
+  done | cat - "$REPO_ROOT/ops/roles.sql" | pg_admin -d postgres -v password="$DEV_PASSWORD"
   if [ "$(pg_admin -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != "1" ]; then
     log "creating database $DB_NAME"
     pg_admin -d postgres -c "CREATE DATABASE $DB_NAME OWNER iotcore_owner"

@@ -7,16 +7,20 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 URL_VARIABLES = ("IOT_TEST_OWNER_URL", "IOT_TEST_SERVICE_URL", "IOT_TEST_REDIS_URL")
-ROLES_SQL = """
-CREATE ROLE iotcore_owner LOGIN CREATEDB CREATEROLE PASSWORD 'iotcore-dev';
-CREATE ROLE iotcore_app NOLOGIN NOBYPASSRLS;
-CREATE ROLE iotcore_service LOGIN NOBYPASSRLS PASSWORD 'iotcore-dev';
-GRANT iotcore_app TO iotcore_service;
-CREATE ROLE iotcore_backup LOGIN BYPASSRLS PASSWORD 'iotcore-dev';
-GRANT pg_read_all_data TO iotcore_backup;
-"""
+ROLES_SQL = Path(__file__).resolve().parents[1] / "ops" / "roles.sql"
+DEV_PASSWORD = "iotcore-dev"
+
+
+async def apply_roles(conn: Any, password: str = DEV_PASSWORD) -> None:
+    """ops/roles.sql, as ops/services.sh and ops/compose/initdb.sh run it: the passwords as
+    session settings first."""
+    for role in ("owner", "service", "backup"):
+        await conn.execute("SELECT set_config($1, $2, false)", f"iotcore.{role}_password", password)
+    await conn.execute(ROLES_SQL.read_text())
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ def start_containers() -> ServiceUrls:
     async def create_roles() -> None:
         conn = await asyncpg.connect(superuser)
         try:
-            await conn.execute(ROLES_SQL)
+            await apply_roles(conn)
         finally:
             await conn.close()
 

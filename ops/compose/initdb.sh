@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # First start of the database container: the iotcore roles, database and TimescaleDB.
 set -euo pipefail
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres <<SQL
-CREATE ROLE iotcore_owner LOGIN CREATEDB CREATEROLE PASSWORD '${IOTCORE_OWNER_PASSWORD}';
-CREATE ROLE iotcore_app NOLOGIN NOBYPASSRLS;
-CREATE ROLE iotcore_service LOGIN NOBYPASSRLS PASSWORD '${IOTCORE_SERVICE_PASSWORD}';
-GRANT iotcore_app TO iotcore_service;
-CREATE ROLE iotcore_backup LOGIN BYPASSRLS PASSWORD '${IOTCORE_BACKUP_PASSWORD}';
-GRANT pg_read_all_data TO iotcore_backup;
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
+  -v owner="$IOTCORE_OWNER_PASSWORD" -v service="$IOTCORE_SERVICE_PASSWORD" \
+  -v backup="$IOTCORE_BACKUP_PASSWORD" <<'SQL'
+SET iotcore.owner_password = :'owner';
+SET iotcore.service_password = :'service';
+SET iotcore.backup_password = :'backup';
+\i /iotcore/roles.sql
 CREATE DATABASE iotcore OWNER iotcore_owner;
 SQL
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname iotcore \
