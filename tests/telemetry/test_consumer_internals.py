@@ -1,34 +1,16 @@
 """The MQTT consumer relies on a few private parts of aiomqtt and paho (its docstring says
-which and why), with both pinned to exact versions in pyproject.toml. These tests fail when
-an upgrade changes any of them, before anything subtler breaks in production."""
+which and why), with both pinned to exact versions in pyproject.toml (checked by
+tests/platform/test_library_internals.py). These tests fail when an upgrade changes any of
+them, before anything subtler breaks in production."""
 
 from __future__ import annotations
 
 import inspect
-import re
-import tomllib
-from importlib.metadata import version
 
 import aiomqtt
 import paho.mqtt.client as paho
 
 from iotcore.mqtt.consumer import _PUBACK, ack_all
-from tests.conftest import REPO_ROOT
-
-PINNED = ("aiomqtt", "paho-mqtt")
-
-
-def test_the_installed_versions_are_the_pinned_ones() -> None:
-    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
-        "dependencies"
-    ]
-    pins = {}
-    for spec in dependencies:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9][0-9A-Za-z.]*)", spec)
-        if match:
-            pins[match[1]] = match[2]
-    for name in PINNED:
-        assert pins.get(name) == version(name), f"{name}: pin it exactly; the consumer needs it"
 
 
 async def test_aiomqtt_keeps_the_attributes_the_consumer_uses() -> None:

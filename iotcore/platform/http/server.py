@@ -3,12 +3,12 @@ error envelope also for requests that aiohttp's parser refuses before any handle
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from uuid import uuid4
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from iotcore.config import Settings
 from iotcore.platform import errors
@@ -18,7 +18,7 @@ SERVER_NAME = "iotcore"
 log = logging.getLogger("iotcore.http")
 
 
-class _EnvelopeRequestHandler(RequestHandler):
+class _EnvelopeRequestHandler(web.RequestHandler):
     def handle_error(
         self,
         request: Any,
@@ -45,31 +45,40 @@ class _EnvelopeRequestHandler(RequestHandler):
 
 
 class _EnvelopeServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
+    def __init__(self, handler: Any, *, request_factory: Any, handler_args: dict[str, Any]) -> None:
+        super().__init__(handler, request_factory=request_factory, **handler_args)
+        self._envelope_loop = asyncio.get_running_loop()
+        self._envelope_args = handler_args
+
+    def __call__(self) -> web.RequestHandler:
+        return _EnvelopeRequestHandler(self, loop=self._envelope_loop, **self._envelope_args)
 
 
 class ApiRunner(web.AppRunner):
-    """The runner production and tests serve the API with."""
+    """The runner production and tests serve the API with.
+
+    The one private part of aiohttp used: `AppRunner._make_server` is overridden to serve the
+    app through _EnvelopeServer (aiohttp has no public hook for the responses its parser
+    sends). aiohttp is pinned to an exact version (pyproject.toml) and
+    tests/platform/test_library_internals.py fails when an upgrade changes that method.
+    """
 
     def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
         # aiohttp closes a connection that waits for a request head longer than the
         # keep-alive timeout, counted from connect or the previous response: it bounds idle
         # keep-alive connections and clients that send half a header alike.
-        super().__init__(
-            app,
-            access_log=None,
-            keepalive_timeout=settings.http_idle_timeout_s,
-            **kwargs,
-        )
+        self._envelope_args: dict[str, Any] = {
+            "access_log": None,
+            "keepalive_timeout": settings.http_idle_timeout_s,
+        }
+        super().__init__(app, **self._envelope_args, **kwargs)
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
         return _EnvelopeServer(
             base.request_handler,
             request_factory=base.request_factory,
-            loop=base._loop,
-            **self._kwargs,
+            handler_args=self._envelope_args,
         )
 
 
