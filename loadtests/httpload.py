@@ -76,6 +76,22 @@ async def run_load(
     return result
 
 
+def spread(request_number: int, items: int) -> int:
+    """For a RequestFactory: which of `items` (devices, say) a request uses. Worker w's k-th
+    request takes item (w + k) mod items, so the workers start on different items instead of
+    all asking for the same one at the same moment."""
+    worker, counter = divmod(request_number, 1_000_000)
+    return (worker + counter) % items
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: per-request CPU holds still on a
+    loaded machine, where rates and latencies do not."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -121,12 +137,14 @@ def free_port() -> int:
 
 def start_api(port: int, **env: str) -> subprocess.Popen[bytes]:
     """One `iotcore api` process for a benchmark: quiet logs, its own Redis prefix, no
-    registration throttle (every benchmark client is 127.0.0.1), local database defaults."""
+    registration or claim throttle (every benchmark client is 127.0.0.1, and claims run
+    concurrently), local database defaults."""
     settings = {
         "IOT_HTTP_HOST": "127.0.0.1",
         "IOT_HTTP_PORT": str(port),
         "IOT_LOG_LEVEL": "WARNING",
         "IOT_REGISTER_MAX_PER_IP": "100000",
+        "IOT_CLAIM_MAX_FAILURES": "100000",
         "IOT_REDIS_PREFIX": f"bench:{uuid.uuid4().hex[:8]}:",
         # The internal listener (/metrics, broker hooks) on a free port, not the shared 9100.
         "IOT_METRICS_PORT": str(free_port()),

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from iotcore.platform.context import Platform
+from iotcore.platform.metrics import DEVICE_LOOKUPS
 
 log = logging.getLogger("iotcore.devices")
 
@@ -79,7 +80,11 @@ class DeviceRegistry:
     tenant. Two rules keep one from surviving an invalidation: the whole cache is dropped each
     time the listener's subscription is confirmed (whatever was published while it was not
     listening is lost), and a look-up that was in flight when an invalidation arrived answers
-    its caller but is not cached (it may have read the row before the change)."""
+    its caller but is not cached (it may have read the row before the change).
+
+    Concurrent misses for one device share one look-up (a device posting on many connections,
+    or every connection of a device when its entry expires, would otherwise each query the
+    database); a caller arriving after an invalidation starts a new one."""
 
     def __init__(self, platform: Platform) -> None:
         self._platform = platform
@@ -87,6 +92,7 @@ class DeviceRegistry:
         self._ttl = platform.settings.device_cache_ttl_s
         self._cache: dict[UUID, tuple[float, _Credentials | None]] = {}
         self._generation = 0  # bumped by every invalidation
+        self._loading: dict[UUID, asyncio.Future[_Credentials | None]] = {}
         self._channel = platform.redis.key("devices", "invalidate")
         self._listener: asyncio.Task[None] | None = None
         # Called with the device id on every invalidation, local or from another replica, and
@@ -130,8 +136,10 @@ class DeviceRegistry:
         self._generation += 1
         if device_id is None:
             self._cache.clear()
+            self._loading.clear()
         else:
             self._cache.pop(device_id, None)
+            self._loading.pop(device_id, None)
 
     async def invalidate(self, device_id: UUID) -> None:
         self._forget(device_id)
@@ -154,10 +162,32 @@ class DeviceRegistry:
         return True, cached[1]
 
     async def _credentials(self, device_id: UUID, cached: bool = True) -> _Credentials | None:
+        if not cached:
+            return await self._look_up(device_id)
         found, credentials = self._fresh(device_id)
-        if found and cached:
+        if found:
             return credentials
+        loading = self._loading.get(device_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._look_up(device_id))
+            loading.add_done_callback(self._loaded(device_id))
+            self._loading[device_id] = loading
+        # Shielded: a caller that goes away (a client disconnecting) does not cancel the
+        # look-up the others wait for.
+        return await asyncio.shield(loading)
+
+    def _loaded(self, device_id: UUID) -> Callable[[asyncio.Future[_Credentials | None]], None]:
+        def done(loading: asyncio.Future[_Credentials | None]) -> None:
+            if self._loading.get(device_id) is loading:
+                del self._loading[device_id]
+            if not loading.cancelled():
+                loading.exception()  # retrieved: every waiter may have gone
+
+        return done
+
+    async def _look_up(self, device_id: UUID) -> _Credentials | None:
         now, generation = time.monotonic(), self._generation
+        DEVICE_LOOKUPS.inc()
         async with self._platform.db.transaction() as conn:
             row = await conn.fetchrow(self._sql["credentials"], device_id)
         credentials = _Credentials(**dict(row)) if row else None

@@ -47,6 +47,11 @@ INGEST_PUBLISH_LAG = Histogram(
     ["transport"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300),
 )
+DEVICE_LOOKUPS = Counter(
+    "iotcore_device_credential_lookups_total",
+    "Device credential look-ups that went to the database (cache misses; concurrent misses "
+    "for one device share one)",
+)
 RATE_LIMITED = Counter("iotcore_rate_limited_total", "Requests refused by a rate limit", ["scope"])
 
 # Read at scrape time (iotcore.platform.scrape.metrics), not kept up to date by the hot path.

@@ -9,7 +9,9 @@ real Redis, real Postgres (ARCHITECTURE.md, "Derived state belongs to a tenant")
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from uuid import UUID
 import aiohttp
 import orjson
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from iotcore.config import Settings
 from iotcore.devices.registry import DeviceRegistry
@@ -350,24 +353,76 @@ async def test_a_look_up_straddling_an_invalidation_is_not_cached(
 ) -> None:
     """The look-up read the row before the change, the invalidation came before it was
     stored: caching its answer would keep the former tenant for a whole TTL."""
-    a = await register(client)
-    (device,) = await provision(client, settings)
-    await claim_with_secret(client, a, device)
-    device_id = UUID(device.device_id)
+    a, device_id = await _claimed_device(client, settings)
     registry = DeviceRegistry(platform)
-    lock = owner_conn.transaction()
-    await lock.start()
-    await owner_conn.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
-    try:
+    async with _devices_locked(owner_conn):
         look_up = asyncio.create_task(registry.resolve(device_id))
         await _wait_for_lock_waiters(platform, 1)
         await registry.invalidate(device_id)
-    finally:
-        await lock.rollback()
     identity = await look_up
     assert identity is not None and identity.tenant_id == a.tenant_id
     found, _ = registry.cached(device_id)
     assert not found
+
+
+async def test_concurrent_misses_for_one_device_share_one_look_up(
+    client: Client, settings: Settings, platform: Platform, owner_conn: Any
+) -> None:
+    """Every connection of a device missing the cache at once (a cold start, an expired
+    entry) asks the database once, not once per connection."""
+    a, device_id = await _claimed_device(client, settings)
+    registry = DeviceRegistry(platform)
+    before = device_lookups()
+    async with _devices_locked(owner_conn):
+        look_ups = [asyncio.create_task(registry.resolve(device_id)) for _ in range(20)]
+        await _wait_for_lock_waiters(platform, 1)
+        abandoned = asyncio.create_task(registry.resolve(device_id))
+        await asyncio.sleep(0)
+        abandoned.cancel()  # a caller going away does not cancel the others' look-up
+    identities = await asyncio.gather(*look_ups)
+    assert {i.tenant_id if i else None for i in identities} == {a.tenant_id}
+    assert device_lookups() - before == 1
+    assert registry.cached(device_id)[0]
+
+
+async def test_a_miss_after_an_invalidation_does_not_join_the_earlier_look_up(
+    client: Client, settings: Settings, platform: Platform, owner_conn: Any
+) -> None:
+    _, device_id = await _claimed_device(client, settings)
+    registry = DeviceRegistry(platform)
+    before = device_lookups()
+    async with _devices_locked(owner_conn):
+        earlier = asyncio.create_task(registry.resolve(device_id))
+        await _wait_for_lock_waiters(platform, 1)
+        await registry.invalidate(device_id)
+        later = asyncio.create_task(registry.resolve(device_id))
+        await _wait_for_lock_waiters(platform, 2)
+    await asyncio.gather(earlier, later)
+    assert device_lookups() - before == 2
+    assert registry.cached(device_id)[0]  # the later look-up's answer is cached
+
+
+async def _claimed_device(client: Client, settings: Settings) -> tuple[RegisteredUser, UUID]:
+    a = await register(client)
+    (device,) = await provision(client, settings)
+    await claim_with_secret(client, a, device)
+    return a, UUID(device.device_id)
+
+
+@contextlib.asynccontextmanager
+async def _devices_locked(owner_conn: Any) -> AsyncIterator[None]:
+    """Every look-up of a device waits while this holds the table (rolled back after)."""
+    lock = owner_conn.transaction()
+    await lock.start()
+    try:
+        await owner_conn.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        yield
+    finally:
+        await lock.rollback()
+
+
+def device_lookups() -> float:
+    return REGISTRY.get_sample_value("iotcore_device_credential_lookups_total") or 0.0
 
 
 async def _wait_for_lock_waiters(platform: Platform, count: int) -> None:
