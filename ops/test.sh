@@ -45,6 +45,14 @@ run_pytest() {  # NAME, then environment assignments; the pytest arguments follo
 PYTEST_ARGS=("$@")
 
 run_pytest "native partitions (PostgreSQL 127.0.0.1:5432)" IOT_TEST_STORAGE=native
+# A 30 s smoke of the mixed load (loadtests/locustfile.py) against an API of its own, on
+# native storage: any 5xx or more than 1% failed requests fails the run.
+log "load test smoke (30 s, native storage)"
+if bash "$REPO_ROOT/ops/loadtest.sh" --run-time 30s; then
+  outcome["load test smoke (30 s)"]="passed"
+else
+  outcome["load test smoke (30 s)"]="FAILED"; status=1
+fi
 if [ -n "$timescaledb" ]; then
   ts="postgresql://%s@127.0.0.1:$TSDB_PORT/postgres"
   # shellcheck disable=SC2059
@@ -54,7 +62,7 @@ if [ -n "$timescaledb" ]; then
     IOT_TEST_SUPERUSER_URL="$(printf "$ts" postgres)"
 fi
 
-log "storages tested:"
+log "outcomes:"
 for name in "${!outcome[@]}"; do log "  $name: ${outcome[$name]}"; done
 if [ -z "$timescaledb" ]; then
   log "  TimescaleDB: NOT tested (no source archive: set IOT_TIMESCALEDB_SOURCE or put timescaledb-*.tar.gz in ../shared/vendor/)"
