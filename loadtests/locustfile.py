@@ -35,8 +35,8 @@ from locust import HttpUser, between, constant_pacing, events, task
 from locust.env import Environment
 
 from iotcore.config import DEV_MANUFACTURING_KEYS, parse_key_ring
-from iotcore.devices import client as device_client
 from iotcore.devices import signing
+from iotcore.tools import factory_client
 
 log = logging.getLogger("locustfile")
 
@@ -103,7 +103,7 @@ def provision(session: requests.Session, host: str, count: int) -> list[dict[str
             {"serial_number": f"LOAD-{uuid.uuid4().hex[:12]}", "model": "locust"}
             for _ in range(min(500, count - start))
         ]
-        path, body, headers = device_client.factory_request(key_id, secret, batch)
+        path, body, headers = factory_client.factory_request(key_id, secret, batch)
         made.extend(_check(session.post(host + path, data=body, headers=headers), 201)["devices"])
     return made
 
@@ -119,7 +119,7 @@ def claim(
     )
     if claimed.status_code != 200:
         return claimed.status_code, None
-    path, raw, headers = device_client.device_request(
+    path, raw, headers = factory_client.device_request(
         spare.device_id, spare.device_key, "/api/v1/devices/secret"
     )
     issued = session.post(host + path, data=raw, headers=headers)
