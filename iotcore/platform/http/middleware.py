@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from secrets import token_hex
 from time import perf_counter
-from uuid import uuid4
 
 from aiohttp import web
 
@@ -35,7 +35,7 @@ async def observe_middleware(
 ) -> web.StreamResponse:
     """Request id, the error envelope for every failure, request metrics and the access log."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid4().hex
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else token_hex(16)
     request[REQUEST_ID_KEY] = request_id
     token = request_id_var.set(request_id)
     started = perf_counter()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from secrets import token_hex
 from typing import Any
-from uuid import uuid4
 
 from aiohttp import web
 
@@ -38,7 +38,7 @@ class _EnvelopeRequestHandler(web.RequestHandler):
             log.info("refused malformed request", extra={"error": type(exc).__name__})
             error = errors.MalformedRequest()
         error.status = status
-        response = error_response(error, uuid4().hex)
+        response = error_response(error, token_hex(16))
         response.headers["Server"] = SERVER_NAME
         response.force_close()
         return response
