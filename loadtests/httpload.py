@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +135,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_api(port: int, **env: str) -> subprocess.Popen[bytes]:
+def start_api(
+    port: int, wrapper: Sequence[str] = (), timeout_s: float = 30, **env: str
+) -> subprocess.Popen[bytes]:
     """One `iotcore api` process for a benchmark: quiet logs, its own Redis prefix, no
     registration or claim throttle (every benchmark client is 127.0.0.1, and claims run
     concurrently), local database defaults."""
@@ -157,6 +159,7 @@ def start_api(port: int, **env: str) -> subprocess.Popen[bytes]:
     full.setdefault(
         "IOT_DATABASE_OWNER_URL", "postgresql://iotcore_owner:iotcore-dev@127.0.0.1:5432/iotcore"
     )
-    process = subprocess.Popen([sys.executable, "-m", "iotcore.cli", "api"], env=full)
-    wait_http(f"http://127.0.0.1:{port}/api/v1/health/live")
+    command = [*wrapper, sys.executable, "-m", "iotcore.cli", "api"]
+    process = subprocess.Popen(command, env=full)
+    wait_http(f"http://127.0.0.1:{port}/api/v1/health/live", timeout_s)
     return process
