@@ -168,15 +168,24 @@ def test_every_setting_is_read_by_the_code() -> None:
     assert unread == []
 
 
+def repository_files() -> list[Path]:
+    """The files git tracks or would add (not what is ignored, like .venv or caches)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
+    paths = (REPO / name for name in listed.decode().split("\0") if name)
+    return [path for path in paths if path.is_file()]
+
+
 def test_every_iot_variable_in_the_repository_is_known() -> None:
     """A name documented or used anywhere (docs, runbooks, compose, ops, tests) is a setting
     or a tooling variable, so the unknown-variable check never refuses a real one."""
     settings = Settings.variables()
     unknown: dict[str, str] = {}
-    for path in REPO.rglob("*"):
-        parts = path.relative_to(REPO).parts
-        if not path.is_file() or parts[0] in (".git", ".venv") or "__pycache__" in parts:
-            continue
+    for path in repository_files():
         if path == Path(__file__):  # its misspelt names are the point
             continue
         try:
