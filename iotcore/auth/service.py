@@ -34,6 +34,8 @@ from iotcore.platform.ratelimit import AttemptLimiter, Limit
 log = logging.getLogger("iotcore.auth")
 # The shared-invalidation cache of users' current roles (a tenant purge empties it too).
 USERS_CACHE = "users"
+# ... and of sessions' ended marks, so that a token in use costs no Redis round trip.
+SESSIONS_CACHE = "sessions"
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,14 @@ class AuthService:
         self._users: SharedInvalidationCache[tuple[UUID, Role] | None] = SharedInvalidationCache(
             platform.redis, USERS_CACHE, settings.auth_cache_ttl_s
         )
+        # refresh-token family -> whether it has ended.
+        self._sessions: SharedInvalidationCache[bool] = SharedInvalidationCache(
+            platform.redis, SESSIONS_CACHE, settings.auth_cache_ttl_s
+        )
 
     async def start(self) -> None:
         await self._users.start()
+        await self._sessions.start()
 
     async def _token_pair(self, conn: Connection, principal: UserPrincipal) -> tuple[str, str, int]:
         refresh, digest = new_refresh_token()
@@ -323,24 +330,33 @@ class AuthService:
         return self._redis.key("session-ended", str(family_id))
 
     async def _session_ended(self, family_id: UUID) -> bool:
+        found, ended = self._sessions.get(str(family_id))
+        if found:
+            return bool(ended)
+        fetched_at = time.monotonic()
         try:
-            return bool(await self._redis.client.exists(self._ended_key(family_id)))
+            ended = bool(await self._redis.client.exists(self._ended_key(family_id)))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             # Fail open, as reads do while Redis is away (runbooks/redis-down.md): the token
             # still expires on its own within the access-token lifetime.
             log.warning("session check skipped", extra={"error": type(exc).__name__})
             return False
+        self._sessions.put(str(family_id), ended, fetched_at)
+        return ended
 
     async def _end_sessions(self, family_ids: set[UUID]) -> None:
         """Access tokens of these refresh-token families stop working now, not at expiry:
         each is marked in Redis for one access-token lifetime, after which none of them
-        is valid anyway."""
+        is valid anyway; every replica's cached answer is dropped (here at once, elsewhere
+        within the cache's TTL)."""
         if not family_ids:
             return
         pipe = self._redis.client.pipeline(transaction=False)
         for family_id in family_ids:
             pipe.set(self._ended_key(family_id), b"1", ex=self._access_ttl_s)
         await pipe.execute()
+        for family_id in family_ids:
+            await self._sessions.invalidate(str(family_id))
 
     async def _user_state(self, user_id: UUID) -> tuple[UUID, Role] | None:
         found, state = self._users.get(str(user_id))
@@ -354,6 +370,7 @@ class AuthService:
 
     async def close(self) -> None:
         await self._users.close()
+        await self._sessions.close()
         self.passwords.close()
 
     async def _lock_owners(self, conn: Connection, principal: UserPrincipal) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -179,3 +180,18 @@ async def test_token_signed_with_another_key_is_refused(client: Client) -> None:
     claims = claims_for(str(user.user_id), str(user.tenant_id))
     response = await me(client, forge(claims, "x" * 48))
     assert response.status == 401
+
+
+async def test_an_accepted_token_is_refused_once_it_expires(client: Client, settings: Any) -> None:
+    """Verified tokens are remembered (the check is costly), each only until its own expiry."""
+    user = await register(client)
+    key = settings.jwt_key_ring["dev"]
+    expires = int(time.time()) + 2
+    token = forge(claims_for(str(user.user_id), str(user.tenant_id), exp=expires), key)
+    assert (await me(client, token)).status == 200
+    while time.time() < expires:
+        assert (await me(client, token)).status == 200
+        await asyncio.sleep(0.1)
+    response = await me(client, token)
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "token_expired"

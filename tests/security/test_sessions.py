@@ -4,8 +4,13 @@ after a password change. Other sessions of the same user keep working."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiohttp.test_utils import TestClient
 
+from iotcore.config import Settings
+from tests.support.replicas import second_replica
 from tests.support.users import login, register
 
 Client = TestClient  # type: ignore[type-arg]
@@ -56,3 +61,22 @@ async def test_a_password_change_ends_every_other_session(client: Client) -> Non
     assert changed.status in (200, 204), await changed.text()
     assert await _me_status(client, other["access_token"]) == (401, "token_revoked")
     assert (await _me_status(client, user.access_token))[0] == 200
+
+
+async def test_logout_ends_the_access_token_on_every_replica(
+    client: Client, settings: Settings
+) -> None:
+    """Each replica remembers for a moment that a session stands (no Redis round trip per
+    request); the logout's invalidation reaches the other replica within that moment."""
+    user = await register(client)
+    async with second_replica(settings) as replica:
+        assert (await _me_status(replica, user.access_token))[0] == 200
+        out = await client.post("/api/v1/auth/logout", json={"refresh_token": user.refresh_token})
+        assert out.status == 204
+        ended_at = time.monotonic()
+        while True:
+            status = await _me_status(replica, user.access_token)
+            if status[0] == 401 or time.monotonic() - ended_at > 1.0:
+                break
+            await asyncio.sleep(0.02)
+        assert status == (401, "token_revoked"), "the other replica still accepts the session"
