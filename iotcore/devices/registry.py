@@ -188,8 +188,8 @@ class DeviceRegistry:
     async def _look_up(self, device_id: UUID) -> _Credentials | None:
         now, generation = time.monotonic(), self._generation
         DEVICE_LOOKUPS.inc()
-        async with self._platform.db.transaction() as conn:
-            row = await conn.fetchrow(self._sql["credentials"], device_id)
+        # One statement on its own (no BEGIN/COMMIT around it): one round trip, not three.
+        row = await self._platform.db.primary.fetchrow(self._sql["credentials"], device_id)
         credentials = _Credentials(**dict(row)) if row else None
         if generation == self._generation:
             if len(self._cache) > 200_000:
