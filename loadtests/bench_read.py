@@ -198,7 +198,7 @@ async def main_async(args: argparse.Namespace) -> None:
         FUNCTIONS = (True, True, True, False, True)
         bare = {
             "bare SQL: raw page of 1,000": lambda c: c.fetch(
-                sql["raw_metric_desc"], uuid.UUID(device()), day_ago, now, now, "", 1001, "temp"
+                sql["raw_desc"], uuid.UUID(device()), day_ago, now, now, "", 1001, "temp"
             ),
             "bare SQL: 24 h aggregate, 5 min": lambda c: c.fetch(
                 sql["aggregate"],

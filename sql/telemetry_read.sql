@@ -1,11 +1,11 @@
 -- Dashboard reads. Every query runs in a transaction with app.tenant_id set, through
 -- telemetry_v (and the rollups' views) and the RLS-protected tables.
 --
--- Raw pages and aggregates come back as JSON text built here, one row or bucket per line
--- ("j"), spliced into the response as is: formatting a thousand timestamps and objects in
--- Python cost more than the query itself. The formatting is done above the LIMIT, on the rows
--- that are returned only. Values are finite doubles (the payload rules refuse NaN and
--- infinities), whose text form is valid JSON.
+-- Raw pages and aggregates come back as JSON text built here (telemetry_reading_json and
+-- telemetry_bucket_json, migrations/0015), a whole page in one row, spliced into the response
+-- as is: formatting a thousand timestamps and objects in Python, or decoding a thousand rows,
+-- cost more than the query itself. The formatting is done above the LIMIT, on the rows that
+-- are returned only.
 
 -- name: metrics
 -- Kept by the writer (migrations/0006, keyed by tenant since 0009): primary-key reads, however
@@ -19,83 +19,62 @@ ORDER BY metric
 -- Whether this tenant held the device until a reset (migrations/0009): it may read its history.
 SELECT EXISTS (SELECT 1 FROM device_releases WHERE device_id = $1)
 
--- The four raw page shapes. The keyset (ts, metric) always has a value (the window edge on
--- the first page), so each query has one plan, an index-only scan of telemetry_device_ts.
+-- The raw pages, one query per order, each one row: the page's readings as JSON ("items",
+-- comma-separated; NULL for none), whether more follow, and the keyset (ts, metric) of the
+-- page's last reading, where the next page starts. $6 is the page size + 1 (the extra reading
+-- only tells that there is more); $7 the metric, or NULL for all. The keyset always has a
+-- value (the window edge on the first page), so each query has one plan, an index-only scan
+-- of telemetry_device_ts.
 
 -- name: raw_asc
-SELECT ts, metric,
-       '{"metric":' || to_json(metric)::text
-       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-       || '","value":' || value::text || '}' AS j
+SELECT string_agg(telemetry_reading_json(metric, ts, value), ',' ORDER BY n)
+           FILTER (WHERE n < $6) AS items,
+       count(*) = $6 AS more,
+       max(ts) FILTER (WHERE n = $6 - 1) AS last_ts,
+       max(metric) FILTER (WHERE n = $6 - 1) AS last_metric
 FROM (
-    SELECT metric, ts, value FROM telemetry_v
-    WHERE device_id = $1 AND ts >= $2 AND ts < $3 AND (ts, metric) > ($4::timestamptz, $5::text)
-    ORDER BY ts, metric
-    LIMIT $6
-) page
-ORDER BY ts, metric
-
--- name: raw_desc
-SELECT ts, metric,
-       '{"metric":' || to_json(metric)::text
-       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-       || '","value":' || value::text || '}' AS j
-FROM (
-    SELECT metric, ts, value FROM telemetry_v
-    WHERE device_id = $1 AND ts >= $2 AND ts < $3 AND (ts, metric) < ($4::timestamptz, $5::text)
-    ORDER BY ts DESC, metric DESC
-    LIMIT $6
-) page
-ORDER BY ts DESC, metric DESC
-
--- name: raw_metric_asc
-SELECT ts, metric,
-       '{"metric":' || to_json(metric)::text
-       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-       || '","value":' || value::text || '}' AS j
-FROM (
-    SELECT metric, ts, value FROM telemetry_v
-    WHERE device_id = $1 AND metric = $7 AND ts >= $2 AND ts < $3
+    SELECT metric, ts, value, row_number() OVER (ORDER BY ts, metric) AS n
+    FROM telemetry_v
+    WHERE device_id = $1 AND ($7::text IS NULL OR metric = $7) AND ts >= $2 AND ts < $3
       AND (ts, metric) > ($4::timestamptz, $5::text)
     ORDER BY ts, metric
     LIMIT $6
 ) page
-ORDER BY ts, metric
 
--- name: raw_metric_desc
-SELECT ts, metric,
-       '{"metric":' || to_json(metric)::text
-       || ',"ts":"' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-       || '","value":' || value::text || '}' AS j
+-- name: raw_desc
+SELECT string_agg(telemetry_reading_json(metric, ts, value), ',' ORDER BY n)
+           FILTER (WHERE n < $6) AS items,
+       count(*) = $6 AS more,
+       max(ts) FILTER (WHERE n = $6 - 1) AS last_ts,
+       max(metric) FILTER (WHERE n = $6 - 1) AS last_metric
 FROM (
-    SELECT metric, ts, value FROM telemetry_v
-    WHERE device_id = $1 AND metric = $7 AND ts >= $2 AND ts < $3
+    SELECT metric, ts, value, row_number() OVER (ORDER BY ts DESC, metric DESC) AS n
+    FROM telemetry_v
+    WHERE device_id = $1 AND ($7::text IS NULL OR metric = $7) AND ts >= $2 AND ts < $3
       AND (ts, metric) < ($4::timestamptz, $5::text)
     ORDER BY ts DESC, metric DESC
     LIMIT $6
 ) page
-ORDER BY ts DESC, metric DESC
+
+-- The aggregates: one row, the buckets as JSON ("items", comma-separated; NULL for none).
+-- $6..$10: whether avg, min, max, sum, count are asked for (the others are left out).
 
 -- name: aggregate
 -- date_bin, not time_bucket: plain SQL on both storages; origin 2000-01-03 (a Monday) so
--- that week buckets match TimescaleDB's. $6..$10: whether avg, min, max, sum, count are
--- asked for.
-SELECT '{"ts":"' || to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || '"'
-       || CASE WHEN $6 THEN ',"avg":' || avg::text ELSE '' END
-       || CASE WHEN $7 THEN ',"min":' || min::text ELSE '' END
-       || CASE WHEN $8 THEN ',"max":' || max::text ELSE '' END
-       || CASE WHEN $9 THEN ',"sum":' || sum::text ELSE '' END
-       || CASE WHEN $10 THEN ',"count":' || count::text ELSE '' END
-       || '}' AS j
+-- that week buckets match TimescaleDB's.
+SELECT string_agg(telemetry_bucket_json(bucket, avg, min, max, sum, count), ',' ORDER BY bucket)
+           AS items
 FROM (
     SELECT date_bin($3::interval, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-           avg(value) AS avg, min(value) AS min, max(value) AS max, sum(value) AS sum,
-           count(*) AS count
+           CASE WHEN $6 THEN avg(value) END AS avg,
+           CASE WHEN $7 THEN min(value) END AS min,
+           CASE WHEN $8 THEN max(value) END AS max,
+           CASE WHEN $9 THEN sum(value) END AS sum,
+           CASE WHEN $10 THEN count(*) END AS count
     FROM telemetry_v
     WHERE device_id = $1 AND metric = $2 AND ts >= $4 AND ts < $5
     GROUP BY bucket
 ) buckets
-ORDER BY bucket
 
 -- name: aggregate_rollup
 -- Buckets of whole hours or days, from the rollups (migrations/0012) where they are
@@ -138,17 +117,15 @@ WITH dirty AS MATERIALIZED (
                       AND r.ts >= d.hour AND r.ts < d.hour + INTERVAL '1 hour'
     GROUP BY 1
 )
-SELECT '{"ts":"' || to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') || '"'
-       || CASE WHEN $6 THEN ',"avg":' || (sum / count)::text ELSE '' END
-       || CASE WHEN $7 THEN ',"min":' || min::text ELSE '' END
-       || CASE WHEN $8 THEN ',"max":' || max::text ELSE '' END
-       || CASE WHEN $9 THEN ',"sum":' || sum::text ELSE '' END
-       || CASE WHEN $10 THEN ',"count":' || count::text ELSE '' END
-       || '}' AS j
+SELECT string_agg(telemetry_bucket_json(bucket, avg, min, max, sum, count), ',' ORDER BY bucket)
+           AS items
 FROM (
     SELECT date_bin($3::interval, t, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-           sum(sum) AS sum, sum(count)::bigint AS count, min(min) AS min, max(max) AS max
+           CASE WHEN $6 THEN sum(sum) / sum(count)::bigint END AS avg,
+           CASE WHEN $7 THEN min(min) END AS min,
+           CASE WHEN $8 THEN max(max) END AS max,
+           CASE WHEN $9 THEN sum(sum) END AS sum,
+           CASE WHEN $10 THEN sum(count)::bigint END AS count
     FROM parts
     GROUP BY 1
 ) buckets
-ORDER BY bucket

@@ -391,10 +391,10 @@ async def test_no_read_plans_a_sequential_scan(
     edges = [hour, hour + timedelta(hours=5), hour, hour]
     shapes = {
         "metrics": (sql["metrics"], [devices[0]]),
-        "raw_asc": (sql["raw_asc"], [devices[0], start, now, start, "", 101]),
-        "raw_desc": (sql["raw_desc"], [devices[0], start, now, now, "", 101]),
-        "raw_metric_asc": (sql["raw_metric_asc"], [devices[0], start, now, start, "", 101, "a"]),
-        "raw_metric_desc": (sql["raw_metric_desc"], [devices[0], start, now, now, "", 101, "a"]),
+        "raw_asc": (sql["raw_asc"], [devices[0], start, now, start, "", 101, None]),
+        "raw_desc": (sql["raw_desc"], [devices[0], start, now, now, "", 101, None]),
+        "raw_metric_asc": (sql["raw_asc"], [devices[0], start, now, start, "", 101, "a"]),
+        "raw_metric_desc": (sql["raw_desc"], [devices[0], start, now, now, "", 101, "a"]),
         "aggregate": (
             sql["aggregate"],
             [devices[0], "a", timedelta(minutes=5), start, now, True, True, True, True, True],

@@ -154,19 +154,15 @@ class TelemetryReader:
             after_ts, after_metric = span.start - timedelta(microseconds=1), ""
         else:
             after_ts, after_metric = span.end, ""
-        name = ("raw_metric_" if query.metric else "raw_") + ("asc" if ascending else "desc")
-        args: list[Any] = [device_id, span.start, span.end, after_ts, after_metric, query.limit + 1]
-        if query.metric:
-            args.append(query.metric)
+        args = (device_id, span.start, span.end, after_ts, after_metric, query.limit + 1)
         await self.ensure_history_visible(principal, device_id)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            rows = await conn.fetch(self._sql[name], *args)
+            page = await conn.fetchrow(self._sql[f"raw_{query.order}"], *args, query.metric)
         next_cursor = b"null"
-        if len(rows) > query.limit:
-            last = rows[query.limit - 1]
-            cursor = {"t": last["ts"].isoformat(), "m": last["metric"], "o": query.order}
+        if page["more"]:
+            cursor = {"t": page["last_ts"].isoformat(), "m": page["last_metric"], "o": query.order}
             next_cursor = orjson.dumps(encode_cursor(cursor))
-        items = ",".join([r["j"] for r in rows[: query.limit]]).encode()
+        items = (page["items"] or "").encode()
         return b'{"items":[' + items + b'],"next_cursor":' + next_cursor + b"}"
 
     async def latest(self, principal: UserPrincipal, device_id: UUID) -> dict[str, Any]:
@@ -233,7 +229,7 @@ class TelemetryReader:
         rollups = rollup_span(span, bucket, self._retention_days)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             if rollups is not None:
-                rows = await conn.fetch(
+                items = await conn.fetchval(
                     self._sql["aggregate_rollup"],
                     device_id,
                     query.metric,
@@ -247,7 +243,7 @@ class TelemetryReader:
                     rollups.last_day,
                 )
             else:
-                rows = await conn.fetch(
+                items = await conn.fetchval(
                     self._sql["aggregate"],
                     device_id,
                     query.metric,
@@ -257,8 +253,7 @@ class TelemetryReader:
                     *flags,
                 )
         head = orjson.dumps({"metric": query.metric, "bucket": query.bucket})[:-1]
-        items = ",".join([r["j"] for r in rows]).encode()
-        return head + b',"items":[' + items + b"]}"
+        return head + b',"items":[' + (items or "").encode() + b"]}"
 
     # ------------------------------------------------------------------ ETags
 
