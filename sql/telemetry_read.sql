@@ -15,13 +15,14 @@ FROM telemetry_latest
 WHERE device_id = $1
 ORDER BY metric
 
--- name: held_before
--- Whether this tenant held the device until a reset (migrations/0009): it may read its history.
-SELECT EXISTS (SELECT 1 FROM device_releases WHERE device_id = $1)
+-- name: readable
+-- Whether this tenant owns the device or held it until a reset (migrations/0009, 0015): it
+-- may read its history. The raw pages and aggregates answer it themselves ("readable").
+SELECT telemetry_device_readable($1)
 
 -- The raw pages, one query per order, each one row: the page's readings as JSON ("items",
--- comma-separated; NULL for none), whether more follow, and the keyset (ts, metric) of the
--- page's last reading, where the next page starts. $6 is the page size + 1 (the extra reading
+-- comma-separated; NULL for none), whether more follow, the keyset (ts, metric) of the
+-- page's last reading, where the next page starts, and whether the device is readable. $6 is the page size + 1 (the extra reading
 -- only tells that there is more); $7 the metric, or NULL for all. The keyset always has a
 -- value (the window edge on the first page), so each query has one plan, an index-only scan
 -- of telemetry_device_ts.
@@ -31,7 +32,8 @@ SELECT string_agg(telemetry_reading_json(metric, ts, value), ',' ORDER BY n)
            FILTER (WHERE n < $6) AS items,
        count(*) = $6 AS more,
        max(ts) FILTER (WHERE n = $6 - 1) AS last_ts,
-       max(metric) FILTER (WHERE n = $6 - 1) AS last_metric
+       max(metric) FILTER (WHERE n = $6 - 1) AS last_metric,
+       telemetry_device_readable($1) AS readable
 FROM (
     SELECT metric, ts, value, row_number() OVER (ORDER BY ts, metric) AS n
     FROM telemetry_v
@@ -46,7 +48,8 @@ SELECT string_agg(telemetry_reading_json(metric, ts, value), ',' ORDER BY n)
            FILTER (WHERE n < $6) AS items,
        count(*) = $6 AS more,
        max(ts) FILTER (WHERE n = $6 - 1) AS last_ts,
-       max(metric) FILTER (WHERE n = $6 - 1) AS last_metric
+       max(metric) FILTER (WHERE n = $6 - 1) AS last_metric,
+       telemetry_device_readable($1) AS readable
 FROM (
     SELECT metric, ts, value, row_number() OVER (ORDER BY ts DESC, metric DESC) AS n
     FROM telemetry_v
@@ -56,14 +59,16 @@ FROM (
     LIMIT $6
 ) page
 
--- The aggregates: one row, the buckets as JSON ("items", comma-separated; NULL for none).
+-- The aggregates: one row, the buckets as JSON ("items", comma-separated; NULL for none)
+-- and whether the device is readable.
 -- $6..$10: whether avg, min, max, sum, count are asked for (the others are left out).
 
 -- name: aggregate
 -- date_bin, not time_bucket: plain SQL on both storages; origin 2000-01-03 (a Monday) so
 -- that week buckets match TimescaleDB's.
 SELECT string_agg(telemetry_bucket_json(bucket, avg, min, max, sum, count), ',' ORDER BY bucket)
-           AS items
+           AS items,
+       telemetry_device_readable($1) AS readable
 FROM (
     SELECT date_bin($3::interval, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
            CASE WHEN $6 THEN avg(value) END AS avg,
@@ -118,7 +123,8 @@ WITH dirty AS MATERIALIZED (
     GROUP BY 1
 )
 SELECT string_agg(telemetry_bucket_json(bucket, avg, min, max, sum, count), ',' ORDER BY bucket)
-           AS items
+           AS items,
+       telemetry_device_readable($1) AS readable
 FROM (
     SELECT date_bin($3::interval, t, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
            CASE WHEN $6 THEN sum(sum) / sum(count)::bigint END AS avg,

@@ -120,13 +120,14 @@ class TelemetryReader:
         """Raw readings and aggregates: the device's current owner, or a tenant that held it
         before a reset. Stored telemetry stays with the tenant that owned it (API.md), so a
         former owner keeps reading its own readings, and only those: the views filter by
-        tenant (docs/device-ownership.md)."""
+        tenant (docs/device-ownership.md). Checked here before an ETag is answered from
+        Redis; the reads themselves ask the database in their own statement ("readable")."""
         identity = await self._registry.resolve(device_id)
         if identity is not None and identity.tenant_id == principal.tenant_id:
             return
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            held = await conn.fetchval(self._sql["held_before"], device_id)
-        if not held:
+            readable = await conn.fetchval(self._sql["readable"], device_id)
+        if not readable:
             raise NotFound("No such device.")
 
     async def metrics(self, principal: UserPrincipal, device_id: UUID) -> list[dict[str, Any]]:
@@ -155,9 +156,10 @@ class TelemetryReader:
         else:
             after_ts, after_metric = span.end, ""
         args = (device_id, span.start, span.end, after_ts, after_metric, query.limit + 1)
-        await self.ensure_history_visible(principal, device_id)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             page = await conn.fetchrow(self._sql[f"raw_{query.order}"], *args, query.metric)
+        if not page["readable"]:
+            raise NotFound("No such device.")
         next_cursor = b"null"
         if page["more"]:
             cursor = {"t": page["last_ts"].isoformat(), "m": page["last_metric"], "o": query.order}
@@ -225,11 +227,10 @@ class TelemetryReader:
             )
         wanted = set(query.fn.split(","))
         flags = [fn in wanted for fn in FUNCTIONS]
-        await self.ensure_history_visible(principal, device_id)
         rollups = rollup_span(span, bucket, self._retention_days)
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             if rollups is not None:
-                items = await conn.fetchval(
+                found = await conn.fetchrow(
                     self._sql["aggregate_rollup"],
                     device_id,
                     query.metric,
@@ -243,7 +244,7 @@ class TelemetryReader:
                     rollups.last_day,
                 )
             else:
-                items = await conn.fetchval(
+                found = await conn.fetchrow(
                     self._sql["aggregate"],
                     device_id,
                     query.metric,
@@ -252,8 +253,10 @@ class TelemetryReader:
                     span.end,
                     *flags,
                 )
+        if not found["readable"]:
+            raise NotFound("No such device.")
         head = orjson.dumps({"metric": query.metric, "bucket": query.bucket})[:-1]
-        return head + b',"items":[' + (items or "").encode() + b"]}"
+        return head + b',"items":[' + (found["items"] or "").encode() + b"]}"
 
     # ------------------------------------------------------------------ ETags
 

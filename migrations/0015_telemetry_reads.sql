@@ -1,6 +1,16 @@
--- The JSON of dashboard reads (sql/telemetry_read.sql builds raw pages and aggregates as JSON
--- text, spliced into the responses as is), written once. Plain SQL functions, STABLE: the
--- planner inlines them into the queries, so they cost no call per row. Values are finite
+-- What the dashboard reads (sql/telemetry_read.sql) share, written once. Plain SQL functions,
+-- STABLE and SECURITY INVOKER: the planner inlines them into the queries, so they cost no
+-- call per row, and row-level security applies as to the query itself.
+
+-- Whether the tenant set in the transaction may read the device's stored telemetry: it owns
+-- the device, or held it until a reset (migrations/0009). Asked in the same statement as the
+-- readings: no round trip of its own.
+CREATE FUNCTION telemetry_device_readable(p_device_id uuid)
+    RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE
+RETURN EXISTS (SELECT FROM devices WHERE device_id = p_device_id)
+    OR EXISTS (SELECT FROM device_releases WHERE device_id = p_device_id);
+
+-- The JSON of raw readings and buckets, spliced into the responses as is. Values are finite
 -- doubles (the payload rules refuse NaN and infinities), whose text form is valid JSON.
 
 CREATE FUNCTION telemetry_reading_json(p_metric text, p_ts timestamptz, p_value double precision)
@@ -27,10 +37,12 @@ RETURN '{"ts":"' || to_char(p_bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:S
     || coalesce(',"count":' || p_count::text, '')
     || '}';
 
+REVOKE ALL ON FUNCTION telemetry_device_readable(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION telemetry_reading_json(text, timestamptz, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION telemetry_bucket_json(
     timestamptz, double precision, double precision, double precision, double precision, bigint
 ) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION telemetry_device_readable(uuid) TO iotcore_app;
 GRANT EXECUTE ON FUNCTION telemetry_reading_json(text, timestamptz, double precision)
     TO iotcore_app;
 GRANT EXECUTE ON FUNCTION telemetry_bucket_json(
