@@ -3,7 +3,7 @@ minute (8,640,000 rows), one API process. Each endpoint (latest values, a raw pa
 a 24 h aggregate at 5 min, a 7 d aggregate at 1 h) is measured at 1 client (latency: p50,
 p95, p99) and at 8 clients (saturation on 2 cores: throughput), each beside its bare query
 in the same run: the endpoint's SQL through iotcore's own tenant transaction (one pool,
-nothing else; for latest values, the Redis hash the API answers from).
+nothing else; for latest values, the query that the API's Redis hash spares it).
 
     .venv/bin/python loadtests/bench_read.py [--seconds 8] [--keep] [--reuse]
     .venv/bin/python loadtests/bench_read.py --year [--days 365] [--seconds 20] [--keep] [--reuse]
@@ -48,9 +48,7 @@ from iotcore.config import Settings
 from iotcore.maintenance.jobs import refresh_rollups
 from iotcore.platform.db import Database
 from iotcore.platform.migrations import Migrator
-from iotcore.platform.redis import Redis
 from iotcore.platform.sql import queries
-from iotcore.telemetry.derived import latest_key
 from iotcore.telemetry.read.service import TimeRange, rollup_span
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
@@ -134,12 +132,57 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuMeter:
+    """CPU time per request of each process on the path, measured around one run: the API
+    process, this one (the load generator, or the bare client) and the PostgreSQL backends
+    of the benchmark database. Less sensitive to a busy machine than latencies are."""
+
+    def __init__(self, api_pid: int | None) -> None:
+        self._api_pid = api_pid
+        self._start: dict[str, float] = {}
+        self._backends: dict[int, float] = {}
+
+    async def _backend_pids(self) -> list[int]:
+        conn = await asyncpg.connect(OWNER)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                DB,
+            )
+        finally:
+            await conn.close()
+        return [r["pid"] for r in rows]
+
+    async def start(self) -> None:
+        self._backends = {pid: process_cpu_s(pid) for pid in await self._backend_pids()}
+        self._start = {"client": time.process_time()}
+        if self._api_pid is not None:
+            self._start["API"] = process_cpu_s(self._api_pid)
+
+    async def per_request_ms(self, requests: int) -> dict[str, float]:
+        spent = {"client": time.process_time() - self._start["client"]}
+        if self._api_pid is not None:
+            spent["API"] = process_cpu_s(self._api_pid) - self._start["API"]
+        postgres = 0.0
+        for pid in await self._backend_pids():
+            now = process_cpu_s(pid)
+            postgres += now - self._backends.get(pid, 0.0) if now == now else 0.0
+        spent["PostgreSQL"] = postgres
+        return {k: v * 1000 / max(1, requests) for k, v in spent.items()}
+
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+    return f"CPU ms/req: {parts}"
+
+
 async def bare(
     name: str, run: Callable[[Any], Awaitable[Any]], clients: int, seconds: float
-) -> tuple[LoadResult, float]:
-    """`clients` tasks running `run` back to back; the result and this process's CPU
-    milliseconds per call (the bare client's share: asyncpg or redis-py, nothing else)."""
+) -> tuple[LoadResult, dict[str, float]]:
+    """`clients` tasks running `run` back to back; the result and the CPU per call."""
     result = LoadResult(name)
+    meter = CpuMeter(None)
+    await meter.start()
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
@@ -149,10 +192,10 @@ async def bare(
             result.latencies_ms.append((time.perf_counter() - started) * 1000)
             result.statuses[200] += 1
 
-    started, cpu = time.perf_counter(), time.process_time()
+    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     result.elapsed_s = time.perf_counter() - started
-    return result, (time.process_time() - cpu) * 1000 / max(1, len(result.latencies_ms))
+    return result, await meter.per_request_ms(len(result.latencies_ms))
 
 
 async def through_api(
@@ -162,12 +205,12 @@ async def through_api(
     api_pid: int,
     clients: int,
     seconds: float,
-) -> tuple[LoadResult, float]:
-    """The endpoint through HTTP; the result and the API process's CPU ms per request."""
-    cpu = process_cpu_s(api_pid)
+) -> tuple[LoadResult, dict[str, float]]:
+    """The endpoint through HTTP; the result and the CPU per request."""
+    meter = CpuMeter(api_pid)
+    await meter.start()
     result = await run_load(name, lambda _i: ("GET", path(), headers, None), clients, seconds)
-    per_request = (process_cpu_s(api_pid) - cpu) * 1000 / max(1, len(result.latencies_ms))
-    return result, per_request
+    return result, await meter.per_request_ms(len(result.latencies_ms))
 
 
 def verdict(ok: bool) -> str:
@@ -177,18 +220,14 @@ def verdict(ok: bool) -> str:
 async def main_async(args: argparse.Namespace) -> None:
     email, devices = await prepare(args.reuse)
     port = free_port()
-    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-    api = start_api(
-        port, IOT_DATABASE_URL=SERVICE, IOT_DATABASE_OWNER_URL=OWNER, IOT_REDIS_PREFIX=prefix
-    )
+    api = start_api(port, IOT_DATABASE_URL=SERVICE, IOT_DATABASE_OWNER_URL=OWNER)
     base = f"http://127.0.0.1:{port}"
     settings = Settings(
         database_url=SERVICE,
         database_owner_url=OWNER,
         database_pool_max=SATURATION_CLIENTS,
-        redis_prefix=prefix,
     )
-    db, redis = Database(settings), Redis(settings)
+    db = Database(settings)
     await db.connect()
     try:
         async with aiohttp.ClientSession() as session:
@@ -211,17 +250,14 @@ async def main_async(args: argparse.Namespace) -> None:
 
         async def in_tenant(query: str, *query_args: Any) -> Any:
             async with db.tenant_transaction(tenant_id, read=True) as conn:
-                return await conn.fetchrow(query, uuid.UUID(device()), *query_args)
-
-        async def latest_hash(_conn: Any) -> Any:
-            return await redis.client.hgetall(latest_key(redis, tenant_id, device()))
+                return await conn.fetch(query, uuid.UUID(device()), *query_args)
 
         # Per endpoint: the API path, and the bare query (bare name, call).
         shapes: dict[str, tuple[Callable[[], str], str, Callable[[Any], Awaitable[Any]]]] = {
             "latest": (
                 lambda: f"{base}/api/v1/devices/{device()}/telemetry/latest",
-                "Redis HGETALL of the latest values",
-                latest_hash,
+                "metrics",
+                lambda _c: in_tenant(sql["metrics"]),
             ),
             "raw page of 1,000": (
                 lambda: (
@@ -282,22 +318,24 @@ async def main_async(args: argparse.Namespace) -> None:
             LATENCY_CLIENTS,
             args.seconds,
         )
-        print(f"{health.line()}  API CPU {health_cpu:.2f} ms/req", flush=True)
+        print(f"{health.line()}  {cpu_text(health_cpu)}", flush=True)
         for name, (path, bare_name, run) in shapes.items():
             print(name, flush=True)
             measured: dict[tuple[str, int], LoadResult] = {}
+            cpu: dict[tuple[str, int], dict[str, float]] = {}
             for clients in (LATENCY_CLIENTS, SATURATION_CLIENTS):
                 label = f"{clients} client{'s' if clients > 1 else ''}"
                 api_result, api_cpu = await through_api(
                     f"  API, {label}", path, headers, api.pid, clients, args.seconds
                 )
-                print(f"{api_result.line()}  API CPU {api_cpu:.2f} ms/req", flush=True)
+                print(f"{api_result.line()}  {cpu_text(api_cpu)}", flush=True)
                 bare_result, bare_cpu = await bare(
                     f"  bare {bare_name}, {label}", run, clients, args.seconds
                 )
-                print(f"{bare_result.line()}  client CPU {bare_cpu:.2f} ms/call", flush=True)
+                print(f"{bare_result.line()}  {cpu_text(bare_cpu)}", flush=True)
                 assert set(api_result.statuses) == {200}, api_result.statuses
                 measured["api", clients], measured["bare", clients] = api_result, bare_result
+                cpu["api", clients], cpu["bare", clients] = api_cpu, bare_cpu
             one_api, one_bare = measured["api", LATENCY_CLIENTS], measured["bare", LATENCY_CLIENTS]
             added = one_api.percentile(50) - one_bare.percentile(50)
             p95 = one_api.percentile(95)
@@ -313,9 +351,16 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{verdict(ratio >= TARGET_SATURATION_RATIO)}",
                 flush=True,
             )
+            api_total = sum(cpu["api", SATURATION_CLIENTS].values())
+            bare_total = sum(cpu["bare", SATURATION_CLIENTS].values())
+            print(
+                f"     CPU per request at {SATURATION_CLIENTS} clients, all processes: API path "
+                f"{api_total:.2f} ms, bare {bare_total:.2f} ms: where CPU is all there is, the "
+                f"API serves {bare_total / api_total:.0%} of the bare rate",
+                flush=True,
+            )
     finally:
         await db.close()
-        await redis.close()
         api.terminate()
         api.wait(10)
         if not args.keep:
