@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -32,10 +32,10 @@ from iotcore.platform.pagination import decode_keyset, keyset_page
 from iotcore.platform.ratelimit import AttemptLimiter, Limit
 
 log = logging.getLogger("iotcore.auth")
-# The shared-invalidation cache of users' current roles (a tenant purge empties it too).
+# The shared-invalidation cache of users' current roles (a tenant purge empties it too), and
+# of sessions' ended marks (so that a token in use costs no Redis round trip per request).
 USERS_CACHE = "users"
-# ... and of sessions' ended marks, so that a token in use costs no Redis round trip.
-SESSIONS_CACHE = "sessions"
+SESSION_PREFIX = "session:"  # a session's entry: the prefix, then the family id
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,14 @@ class AuthService:
         self._registration_limit = (settings.register_max_per_ip, settings.register_window_s)
         self._password_checks = AttemptLimiter(platform.redis, "password")
         self._password_limit = (settings.login_max_failures, settings.login_window_s)
-        # user id -> (tenant, current role), or None once the user is gone.
-        self._users: SharedInvalidationCache[tuple[UUID, Role] | None] = SharedInvalidationCache(
-            platform.redis, USERS_CACHE, settings.auth_cache_ttl_s
-        )
+        # user id -> (tenant, current role), or None once the user is gone; SESSION_PREFIX +
         # refresh-token family -> whether it has ended.
-        self._sessions: SharedInvalidationCache[bool] = SharedInvalidationCache(
-            platform.redis, SESSIONS_CACHE, settings.auth_cache_ttl_s
+        self._users: SharedInvalidationCache[tuple[UUID, Role] | bool | None] = (
+            SharedInvalidationCache(platform.redis, USERS_CACHE, settings.auth_cache_ttl_s)
         )
 
     async def start(self) -> None:
         await self._users.start()
-        await self._sessions.start()
 
     async def _token_pair(self, conn: Connection, principal: UserPrincipal) -> tuple[str, str, int]:
         refresh, digest = new_refresh_token()
@@ -330,7 +326,7 @@ class AuthService:
         return self._redis.key("session-ended", str(family_id))
 
     async def _session_ended(self, family_id: UUID) -> bool:
-        found, ended = self._sessions.get(str(family_id))
+        found, ended = self._users.get(SESSION_PREFIX + str(family_id))
         if found:
             return bool(ended)
         fetched_at = time.monotonic()
@@ -341,7 +337,7 @@ class AuthService:
             # still expires on its own within the access-token lifetime.
             log.warning("session check skipped", extra={"error": type(exc).__name__})
             return False
-        self._sessions.put(str(family_id), ended, fetched_at)
+        self._users.put(SESSION_PREFIX + str(family_id), ended, fetched_at)
         return ended
 
     async def _end_sessions(self, family_ids: set[UUID]) -> None:
@@ -356,12 +352,12 @@ class AuthService:
             pipe.set(self._ended_key(family_id), b"1", ex=self._access_ttl_s)
         await pipe.execute()
         for family_id in family_ids:
-            await self._sessions.invalidate(str(family_id))
+            await self._users.invalidate(SESSION_PREFIX + str(family_id))
 
     async def _user_state(self, user_id: UUID) -> tuple[UUID, Role] | None:
         found, state = self._users.get(str(user_id))
         if found:
-            return state
+            return cast("tuple[UUID, Role] | None", state)
         fetched_at = time.monotonic()
         row = await self._db.primary.fetchrow(self._sql["user_state"], user_id)
         state = (row["tenant_id"], row["role"]) if row else None
@@ -370,7 +366,6 @@ class AuthService:
 
     async def close(self) -> None:
         await self._users.close()
-        await self._sessions.close()
         self.passwords.close()
 
     async def _lock_owners(self, conn: Connection, principal: UserPrincipal) -> None:
