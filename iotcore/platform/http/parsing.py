@@ -4,6 +4,7 @@ with the error envelope's 400/413/415/422."""
 from __future__ import annotations
 
 import typing
+from functools import cache
 from typing import Any, TypeVar
 
 import orjson
@@ -78,13 +79,19 @@ def _is_list_field(annotation: Any) -> bool:
     return any(typing.get_origin(arg) is list for arg in typing.get_args(annotation))
 
 
+@cache
+def _query_keys(model: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
+    """(parameter name, whether it repeats) of each field of a query model."""
+    return tuple(
+        (info.alias or name, _is_list_field(info.annotation))
+        for name, info in model.model_fields.items()
+    )
+
+
 def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
     data: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        key = info.alias or name
-        if key not in request.query:
-            continue
-        data[key] = (
-            request.query.getall(key) if _is_list_field(info.annotation) else request.query[key]
-        )
+    query = request.query
+    for key, repeats in _query_keys(model):
+        if key in query:
+            data[key] = query.getall(key) if repeats else query[key]
     return validate(model, data)

@@ -90,13 +90,13 @@ async def metrics(request: web.Request) -> web.Response:
 async def raw(request: web.Request, query: RawQuery) -> web.Response:
     principal = await require_user(request)
     device_id = _device_id(request)
-    past = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
+    span = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
     return await _with_etag(
         request,
         principal,
         device_id,
-        past.in_the_past,
-        lambda: _reader(request).raw(principal, device_id, query),
+        span.in_the_past,
+        lambda: _reader(request).raw(principal, device_id, query, span),
     )
 
 
@@ -108,13 +108,13 @@ async def latest(request: web.Request) -> web.Response:
 async def aggregate(request: web.Request, query: AggregateQuery) -> web.Response:
     principal = await require_user(request)
     device_id = _device_id(request)
-    past = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
+    span = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
     return await _with_etag(
         request,
         principal,
         device_id,
-        past.in_the_past,
-        lambda: _reader(request).aggregate(principal, device_id, query),
+        span.in_the_past,
+        lambda: _reader(request).aggregate(principal, device_id, query, span),
     )
 
 

@@ -104,7 +104,6 @@ class TelemetryReader:
         self._sql = platform.queries("telemetry_read")
         self._redis = platform.redis
         self._registry = registry
-        self._max_days = platform.settings.telemetry_max_range_days
         self._retention_days = platform.settings.telemetry_retention_days
 
     async def ensure_visible(self, principal: UserPrincipal, device_id: UUID) -> None:
@@ -136,9 +135,11 @@ class TelemetryReader:
             rows = await conn.fetch(self._sql["metrics"], device_id)
         return [dict(r) for r in rows]
 
-    async def raw(self, principal: UserPrincipal, device_id: UUID, query: RawQuery) -> bytes:
-        """One page as the response body: `{"items": [...], "next_cursor": ...}`."""
-        span = time_range(query, self._max_days)
+    async def raw(
+        self, principal: UserPrincipal, device_id: UUID, query: RawQuery, span: TimeRange
+    ) -> bytes:
+        """One page of `span` (time_range of the query) as the response body:
+        `{"items": [...], "next_cursor": ...}`."""
         ascending = query.order == "asc"
         if query.cursor:
             position = decode_cursor(query.cursor, {"t", "m", "o"})
@@ -216,10 +217,10 @@ class TelemetryReader:
         return dict(sorted(metrics.items()))
 
     async def aggregate(
-        self, principal: UserPrincipal, device_id: UUID, query: AggregateQuery
+        self, principal: UserPrincipal, device_id: UUID, query: AggregateQuery, span: TimeRange
     ) -> bytes:
-        """The response body: `{"metric", "bucket", "items": [...]}`."""
-        span = time_range(query, self._max_days)
+        """The buckets of `span` (time_range of the query) as the response body:
+        `{"metric", "bucket", "items": [...]}`."""
         bucket = parse_bucket(query.bucket)
         if (span.end - span.start) / bucket > MAX_BUCKETS:
             raise ValidationFailed.field(
