@@ -41,7 +41,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpload import LoadResult, free_port, start_api
-from read.lean_http import run_lean_load
+from read.lean_http import closed_loop, run_lean_load
 from read.seed import insert_devices, seed_telemetry
 from read.year import run_year
 
@@ -181,21 +181,14 @@ async def bare(
     name: str, run: Callable[[Any], Awaitable[Any]], clients: int, seconds: float
 ) -> tuple[LoadResult, dict[str, float]]:
     """`clients` tasks running `run` back to back; the result and the CPU per call."""
-    result = LoadResult(name)
     meter = CpuMeter(None)
     await meter.start()
-    deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await run(None)
-            result.latencies_ms.append((time.perf_counter() - started) * 1000)
-            result.statuses[200] += 1
+    async def call(_worker: int) -> int:
+        await run(None)
+        return 200
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    result.elapsed_s = time.perf_counter() - started
+    result = await closed_loop(name, clients, seconds, call)
     return result, await meter.per_request_ms(len(result.latencies_ms))
 
 

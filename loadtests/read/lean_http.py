@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from httpload import LoadResult
 
@@ -65,6 +65,27 @@ class _Connection(asyncio.Protocol):
         return await self._waiter
 
 
+async def closed_loop(
+    name: str, clients: int, duration_s: float, call: Callable[[int], Awaitable[int]]
+) -> LoadResult:
+    """`clients` workers each awaiting `call(worker)` (which returns a status) back to back
+    for `duration_s`."""
+    result = LoadResult(name)
+    deadline = time.perf_counter() + duration_s
+
+    async def worker(index: int) -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            status = await call(index)
+            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            result.statuses[status] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
 async def run_lean_load(
     name: str,
     base: str,
@@ -79,22 +100,16 @@ async def run_lean_load(
     host, _, port = host_port.rpartition(":")
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     loop = asyncio.get_running_loop()
-    result = LoadResult(name)
-    deadline = time.perf_counter() + duration_s
+    opened = [
+        await loop.create_connection(_Connection, host, int(port)) for _ in range(concurrency)
+    ]
 
-    async def worker() -> None:
-        transport, connection = await loop.create_connection(_Connection, host, int(port))
-        try:
-            while time.perf_counter() < deadline:
-                request = f"GET {path()} HTTP/1.1\r\nHost: {host_port}\r\n{extra}\r\n"
-                started = time.perf_counter()
-                status = await connection.get(request.encode())
-                result.latencies_ms.append((time.perf_counter() - started) * 1000)
-                result.statuses[status] += 1
-        finally:
+    def get(index: int) -> Awaitable[int]:
+        request = f"GET {path()} HTTP/1.1\r\nHost: {host_port}\r\n{extra}\r\n"
+        return opened[index][1].get(request.encode())
+
+    try:
+        return await closed_loop(name, concurrency, duration_s, get)
+    finally:
+        for transport, _ in opened:
             transport.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.elapsed_s = time.perf_counter() - started
-    return result
