@@ -2,7 +2,7 @@
 -- telemetry_v (and the rollups' views) and the RLS-protected tables.
 --
 -- Raw pages and aggregates come back as JSON text built here (telemetry_reading_json and
--- telemetry_bucket_json, migrations/0016), a whole page in one row, spliced into the response
+-- telemetry_bucket_json, migrations/0017), a whole page in one row, spliced into the response
 -- as is: formatting a thousand timestamps and objects in Python, or decoding a thousand rows,
 -- cost more than the query itself. The formatting is done above the LIMIT, on the rows that
 -- are returned only.
@@ -16,7 +16,7 @@ WHERE device_id = $1
 ORDER BY metric
 
 -- name: readable
--- Whether this tenant owns the device or held it until a reset (migrations/0009, 0016): it
+-- Whether this tenant owns the device or held it until a reset (migrations/0009, 0017): it
 -- may read its history. The raw pages and aggregates answer it themselves ("readable").
 SELECT telemetry_device_readable($1)
 
