@@ -1,7 +1,8 @@
 """Commands through an external broker (Mosquitto: no hooks, no ACL), delivered and answered
-through the ingest consumer: a command to an offline device reaches it when it connects
-(its persistent session, or the presence connect heard on Postgres), completes on its
-reply; an expired one is never sent; a reply on another device's topic is refused."""
+through the ingest consumer: a command to an offline device reaches it when it connects (its
+persistent session, or its status message: presence announces the connect on Postgres) and
+completes on its reply; an expired one is never sent; a reply on another device's topic is
+refused."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
+import aiomqtt
 import orjson
 import pytest
 
-from iotcore.commands.dispatch import PRESENCE_CHANNEL
 from iotcore.config import Settings
 from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
@@ -40,6 +40,7 @@ from tests.support.users import register
 async def consumer(client: Client, platform: Platform) -> AsyncIterator[IngestRole]:
     async with ingest_consumer(client, platform) as role:
         await asyncio.wait_for(role.consumer.commands.listener.listening.wait(), 10)
+        await asyncio.wait_for(role.status.subscribed.wait(), 10)
         yield role
 
 
@@ -48,17 +49,10 @@ def broker_address(settings: Settings) -> tuple[str, int]:
     return url.hostname or "127.0.0.1", url.port or 1883
 
 
-async def announce_connect(settings: Settings, device: DeviceCredentials) -> None:
-    """What presence sends on a device's connect (ANNOUNCE.md: the `iotcore_presence`
-    notification), as the service role."""
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        payload = {"tenant_id": device.tenant_id, "device_id": device.device_id, "connected": True}
-        await conn.execute(
-            "SELECT pg_notify($1, $2)", PRESENCE_CHANNEL, orjson.dumps(payload).decode()
-        )
-    finally:
-        await conn.close()
+async def come_online(mqtt: aiomqtt.Client, device: DeviceCredentials) -> None:
+    """What a device does once connected on a broker without hooks: its retained status
+    (presence reads it and announces the connect on Postgres, which delivery listens to)."""
+    await mqtt.publish(device.status_topic, b'{"online": true}', qos=1, retain=True)
 
 
 async def test_offline_device_gets_command_when_it_connects_and_completes(
@@ -78,7 +72,7 @@ async def test_offline_device_gets_command_when_it_connects_and_completes(
             "UPDATE commands SET sent_at = now() - interval '1 minute' WHERE command_id = $1",
             command_id,
         )
-        await announce_connect(settings, device)
+        await come_online(mqtt, device)
         topic, payload = await next_command(mqtt)
         assert topic.endswith("/commands/reboot")
         assert payload["command_id"] == command_id and payload["params"] == {"in": 1}
@@ -118,7 +112,7 @@ async def test_expired_command_is_never_sent(
     await expire_now(owner_conn, accepted["command_id"])
     async with device_client(host, port, device) as mqtt:
         await mqtt.subscribe(commands_filter(device), qos=1)
-        await announce_connect(settings, device)
+        await come_online(mqtt, device)
         with pytest.raises(TimeoutError):
             await next_command(mqtt, timeout=2)
         await mqtt.publish(reply_topic(device, accepted["command_id"]), b'{"ok": true}', qos=1)
