@@ -33,6 +33,7 @@ from iotcore.config import Settings
 from iotcore.platform.context import Platform
 from iotcore.platform.migrations import Migrator
 from tests.containers import docker_engine_available, start_containers
+from tests.support import watchdog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = uuid.uuid4().hex[:8]
@@ -56,6 +57,17 @@ if docker_engine_available():
     OWNER_URL, SERVICE_URL, SUPERUSER_URL = _urls.owner, _urls.service, _urls.superuser
     REDIS_URL, CONTAINER_MQTT_URL = _urls.redis, _urls.mqtt
 _database_numbers = itertools.count(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Before pytest-timeout ends a hung test, print what its asyncio tasks wait for."""
+    timer = watchdog.start(item)
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def with_database(url: str, database: str) -> str:

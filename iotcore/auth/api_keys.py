@@ -28,6 +28,7 @@ from iotcore.platform.cache import SharedInvalidationCache
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated, ValidationFailed
 from iotcore.platform.pagination import decode_keyset, keyset_page
+from iotcore.platform.shutdown import CLOSE_TIMEOUT_S, stop_task
 
 log = logging.getLogger("iotcore.auth.api_keys")
 KEY_PREFIX = "iotk_"
@@ -81,12 +82,10 @@ class ApiKeys:
 
     async def close(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await stop_task(self._flusher)
             self._flusher = None
         with contextlib.suppress(Exception):
-            await self.flush_last_used()
+            await asyncio.wait_for(self.flush_last_used(), CLOSE_TIMEOUT_S)
         await self._cache.close()
 
     async def create(

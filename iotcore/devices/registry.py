@@ -17,6 +17,7 @@ from uuid import UUID
 
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import DEVICE_LOOKUPS
+from iotcore.platform.shutdown import stop_task
 
 log = logging.getLogger("iotcore.devices")
 
@@ -106,9 +107,7 @@ class DeviceRegistry:
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await stop_task(self._listener)
             self._listener = None
 
     async def _listen(self) -> None:

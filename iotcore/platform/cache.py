@@ -13,6 +13,7 @@ import time
 from typing import Generic, TypeVar
 
 from iotcore.platform.redis import Redis
+from iotcore.platform.shutdown import stop_task
 
 V = TypeVar("V")
 EVERYTHING = "*"
@@ -34,9 +35,7 @@ class SharedInvalidationCache(Generic[V]):
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await stop_task(self._listener)
             self._listener = None
 
     async def wait_subscribed(self, timeout_s: float = 5.0) -> None:

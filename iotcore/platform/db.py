@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 
 from iotcore.config import Settings
+from iotcore.platform.shutdown import CLOSE_TIMEOUT_S, close_pool
 
 # asyncpg ships no type information; the alias names what is meant.
 Connection: TypeAlias = Any
@@ -63,10 +64,11 @@ class Database:
             reset=_end_transaction,
         )
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the pools; a connection not released within `timeout_s` is terminated."""
         for pool in (self._primary, self._read):
             if pool is not None:
-                await pool.close()
+                await close_pool(pool, timeout_s)
 
     @property
     def primary(self) -> Pool:

@@ -24,6 +24,7 @@ import asyncpg
 
 from iotcore.config import Settings
 from iotcore.platform.db import Connection, Pool, init_connection
+from iotcore.platform.shutdown import close_pool
 from iotcore.platform.sql import queries
 
 log = logging.getLogger("iotcore.jobs")
@@ -126,7 +127,7 @@ class JobWorker:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool)
             self._pool = None
 
     async def run_one(self, job_id: UUID | None = None) -> Job | None:
