@@ -36,6 +36,7 @@ import orjson
 from iotcore.commands.service import CommandService
 from iotcore.config import Settings
 from iotcore.platform.context import Platform
+from iotcore.platform.shutdown import stop_task
 
 log = logging.getLogger("iotcore.commands")
 COMMANDS_CHANNEL = "iotcore_commands"
@@ -74,9 +75,7 @@ class CommandListener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     def _notified(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         try:

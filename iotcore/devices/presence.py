@@ -28,6 +28,7 @@ from iotcore.devices.registry import parse_uuid
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import PRESENCE_EVENTS
 from iotcore.platform.redis import Redis
+from iotcore.platform.shutdown import cancelling, stop_tasks
 from iotcore.platform.types import rfc3339_ms
 from iotcore.telemetry.derived import publish_event
 
@@ -185,15 +186,13 @@ class PresenceQueue:
             await asyncio.wait_for(self._queue.join(), timeout)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         self._tasks = []
 
     async def _work(self) -> None:
-        while True:
+        # Not `while True`: a library that swallows the stop's cancellation (seen here) would
+        # leave the worker waiting for the next event for ever.
+        while not cancelling():
             event = await self._queue.get()
             try:
                 await self._presence.apply(event)

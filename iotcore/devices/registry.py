@@ -17,7 +17,7 @@ from uuid import UUID
 
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import DEVICE_LOOKUPS
-from iotcore.platform.shutdown import stop_task
+from iotcore.platform.shutdown import cancelling, stop_task
 
 log = logging.getLogger("iotcore.devices")
 
@@ -111,7 +111,7 @@ class DeviceRegistry:
             self._listener = None
 
     async def _listen(self) -> None:
-        while True:
+        while not cancelling():  # see platform/shutdown.py
             try:
                 pubsub = self._platform.redis.client.pubsub()
                 await pubsub.subscribe(self._channel)

@@ -45,6 +45,7 @@ from iotcore.devices.registry import DeviceRegistry
 from iotcore.mqtt.commands import ExternalDelivery, is_reply, replies_subscription
 from iotcore.mqtt.status import StatusWatcher
 from iotcore.platform.context import Platform
+from iotcore.platform.shutdown import stop_task
 from iotcore.telemetry.ingest.service import TelemetryIngest
 from iotcore.telemetry.ingest.store import Outcome, Submission, WriteResult, is_transient
 from iotcore.telemetry.ingest.writer import TelemetryWriter
@@ -372,9 +373,7 @@ class Consumer:
     async def stop(self) -> None:
         await self.commands.stop()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     async def readiness(self) -> None:
         if not self.connected:

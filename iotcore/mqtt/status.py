@@ -14,7 +14,6 @@ nothing here touches the telemetry path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from iotcore.devices.mqtt_access import STATUS_FILTER
 from iotcore.devices.presence import Presence, PresenceEvent, now_ms, parse_status, status_topic
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import PRESENCE_EVENTS
+from iotcore.platform.shutdown import stop_task
 
 log = logging.getLogger("iotcore.ingest.status")
 
@@ -92,8 +92,6 @@ class StatusWatcher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         self.subscribed.clear()

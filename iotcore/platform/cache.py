@@ -13,7 +13,7 @@ import time
 from typing import Generic, TypeVar
 
 from iotcore.platform.redis import Redis
-from iotcore.platform.shutdown import stop_task
+from iotcore.platform.shutdown import cancelling, stop_task
 
 V = TypeVar("V")
 EVERYTHING = "*"
@@ -43,7 +43,7 @@ class SharedInvalidationCache(Generic[V]):
         await asyncio.wait_for(self._subscribed.wait(), timeout_s)
 
     async def _listen(self) -> None:
-        while True:
+        while not cancelling():  # see platform/shutdown.py
             pubsub = self._redis.client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)

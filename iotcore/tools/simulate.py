@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import random
 import time
@@ -27,6 +26,7 @@ import orjson
 
 from iotcore.config import Settings
 from iotcore.devices import signing
+from iotcore.platform.shutdown import stop_task
 from iotcore.tools import factory_client
 
 
@@ -123,9 +123,7 @@ async def run_device(broker: str, device: dict[str, Any], rate: float, until: fl
         try:
             sent = await _publish_until(client, device, rate, until, phase)
         finally:
-            answering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await answering
+            await stop_task(answering)
     return sent
 
 

@@ -4,11 +4,12 @@ cancellation, cannot hold a process (or the test suite) forever."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from iotcore.config import Settings
 from iotcore.platform.db import Connection, Database
-from iotcore.platform.shutdown import stop_task
+from iotcore.platform.shutdown import cancelling, stop_task
 
 
 async def _backend_gone(owner_conn: Connection, pid: int) -> bool:
@@ -71,3 +72,29 @@ async def test_a_task_that_ignores_cancellation_does_not_hold_stop_task() -> Non
     release.set()
     await stop_task(task, timeout_s=5)
     assert task.done()
+
+
+async def test_a_loop_ends_when_a_library_turns_its_cancellation_into_an_error() -> None:
+    """The presence workers' case: the stop's CancelledError came back as an ordinary error,
+    the loop logged it and waited for the next event; `cancelling()` still sees the stop."""
+    rounds = 0
+
+    async def library_call() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection lost") from None
+
+    async def worker() -> None:
+        nonlocal rounds
+        while not cancelling():
+            rounds += 1
+            with contextlib.suppress(Exception):
+                await library_call()
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await stop_task(task, timeout_s=30)
+    assert time.monotonic() - started < 5
+    assert task.done() and rounds == 1

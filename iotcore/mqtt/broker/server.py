@@ -22,7 +22,6 @@ telemetry message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import socket
@@ -49,6 +48,7 @@ from iotcore.mqtt.broker.sessions import Message, Session
 from iotcore.mqtt.broker.topics import RetainedStore, SubscriptionTree
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import BROKER_CONNECTIONS, BROKER_REFUSED
+from iotcore.platform.shutdown import stop_tasks
 from iotcore.telemetry.ingest.service import TelemetryIngest
 from iotcore.telemetry.ingest.writer import Outcome, Submission, TelemetryWriter, WriteResult
 
@@ -179,10 +179,7 @@ class EmbeddedBroker:
             self._server.close()
         for connection in list(self.connections):
             connection.close(send_will=False)
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(list(self._tasks))
         await self.presence_queue.stop()
         await self._reconcile()  # every connection is closed: none of its devices is online
         if self._server is not None:
