@@ -53,7 +53,10 @@ RETURNING command_id, device_id, name, params, status, created_at, sent_at, comp
 -- name: command_for_reply
 SELECT command_id, device_id, name, params, status, created_at, sent_at, completed_at,
        expires_at, result, expires_at <= now() AS expired
-FROM commands WHERE command_id = $1
+FROM commands c WHERE command_id = $1
+  -- Still the tenant's device: after a reset and another tenant's claim, nothing the device
+  -- sends (on a broker without ACL, on its old topic) completes the old tenant's command.
+  AND EXISTS (SELECT 1 FROM devices d WHERE d.device_id = c.device_id AND d.tenant_id = c.tenant_id)
 FOR UPDATE
 
 -- name: complete_command

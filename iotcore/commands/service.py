@@ -16,6 +16,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pydantic import ValidationError
 
 from iotcore.auth.principal import UserPrincipal
@@ -29,6 +30,7 @@ from iotcore.commands.schemas import (
 from iotcore.devices.registry import parse_uuid
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import NotFound
+from iotcore.platform.http.parsing import nul_characters
 from iotcore.platform.metrics import COMMAND_REPLIES_REJECTED, COMMAND_ROUND_TRIP, COMMANDS
 from iotcore.platform.pagination import decode_keyset, keyset_page
 from iotcore.platform.redis import Redis
@@ -145,9 +147,12 @@ class CommandService:
         command's device here."""
         command_id = parse_uuid(command_text)
         try:
-            # A NUL (JSON's \u0000) cannot be stored in jsonb: refused like any bad reply.
-            reply = None if b"\\u0000" in payload else Reply.model_validate_json(payload)
-        except ValidationError:
+            # Parsed as the API parses a body (orjson: strict JSON, no NaN or Infinity, an
+            # integer beyond 64 bits read as a float); a NUL (JSON's \u0000) cannot be
+            # stored in jsonb: refused like any bad reply.
+            data = orjson.loads(payload)
+            reply = None if nul_characters(data) else Reply.model_validate(data)
+        except (orjson.JSONDecodeError, ValidationError):
             reply = None
         async with self._db.tenant_transaction(tenant_id) as conn:
             row = (
@@ -159,7 +164,7 @@ class CommandService:
             if reply is None:
                 outcome = "reply_invalid"
             elif row is None:
-                outcome = "reply_unknown_command"  # another tenant's is unknown too (RLS)
+                outcome = "reply_unknown_command"  # another tenant's, or a handed-on device's
             elif row["device_id"] != device_id:
                 outcome = "reply_wrong_device"
             elif row["status"] in ("succeeded", "failed"):

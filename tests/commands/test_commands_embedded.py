@@ -1,7 +1,8 @@
 """Commands on the single node's embedded broker, with real MQTT clients: the API contract,
 delivery to a device that connects later, completion by its reply, expiry, the ACL between
 devices, rejected replies recorded, audit of every transition and `command` events on the
-right tenant's live stream only."""
+right tenant's live stream only; a device that changed hands takes none of its old
+tenant's commands with it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from iotcore.commands.schemas import PARAMS_MAX_BYTES
 from iotcore.config import Settings
 from iotcore.maintenance.jobs import expire_due_commands
 from iotcore.mqtt.broker.server import EmbeddedBroker
+from iotcore.mqtt.commands import ExternalDelivery
 from iotcore.platform.context import Platform
 from tests.dashboards.test_stream import open_stream, read_events
 from tests.support.broker import embedded_broker
@@ -34,7 +36,7 @@ from tests.support.commands import (
     send_command,
     wait_status,
 )
-from tests.support.devices import claimed_device
+from tests.support.devices import claim_with_secret, claimed_device, provision
 from tests.support.mqtt import PUBLISH, SUBACK, RawClient, publish_packet, subscribe_packet
 from tests.support.users import add_user, register
 
@@ -342,12 +344,65 @@ async def test_replies_postgres_cannot_store_are_refused_not_retried(
         for packet_id, payload in [
             (1, b'{"ok": true, "result": {"a": "nul \\u0000 here"}}'),
             (2, b'{"ok": true, "result": {"a": "raw nul \x00"}}'),
+            # Beyond JSON: refused, never a closed connection.
+            (3, b'{"ok": true, "result": {"a": NaN}}'),
+            (4, b'{"ok": true, "result": {"a": 1e999}}'),
+            # An integer beyond 64 bits, read as a float (as in a request body), completes.
+            (5, b'{"ok": true, "result": {"a": 123456789012345678901234567890}}'),
         ]:
             raw.send(publish_packet(topic, payload, 1, packet_id))
             ack = await raw.read()
             assert ack is not None and ack.kind == 4 and ack.packet_id == packet_id
     finally:
         raw.close()
-    assert await rejects(owner_conn, device.device_id) == ["reply_invalid", "reply_invalid"]
+    assert await rejects(owner_conn, device.device_id) == ["reply_invalid"] * 4
     command = await get_command(client, owner, device.device_id, accepted["command_id"])
-    assert command["status"] in ("pending", "sent") and command["result"] is None
+    assert command["status"] == "succeeded" and command["result"] == {"a": 1.2345678901234568e29}
+
+
+async def test_old_tenants_commands_stay_with_the_old_tenant_after_reset_and_reclaim(
+    client: Client,
+    settings: Settings,
+    platform: Platform,
+    broker: EmbeddedBroker,
+    owner_conn: Any,
+) -> None:
+    alice = await register(client)
+    bob = await register(client)
+    (provisioned,) = await provision(client, settings)
+    first = await claim_with_secret(client, alice, provisioned)
+    old = await send_command(client, alice, first.device_id, "unlock", params={"door": 1})
+    response = await client.post(
+        f"/api/v1/devices/{first.device_id}/reset",
+        json={"confirmation": "RESET"},
+        headers=alice.headers,
+    )
+    assert response.status == 200, await response.text()
+    second = await claim_with_secret(client, bob, provisioned)
+    assert second.tenant_id == str(bob.tenant_id) != first.tenant_id
+
+    # Under Bob the device gets Bob's command only, never Alice's pending one.
+    delivery = ExternalDelivery(platform)
+    assert await delivery.service.due(alice.tenant_id, second.device_id, resend=True) == []
+    mine = await send_command(client, bob, second.device_id, "blink")
+    async with device_client(settings.broker_host, broker.port, second) as mqtt:
+        await mqtt.subscribe(commands_filter(second), qos=1)
+        _, payload = await next_command(mqtt)
+        assert payload["command_id"] == mine["command_id"]
+        await wait_status(client, bob, second.device_id, mine["command_id"], "sent")
+        with pytest.raises(TimeoutError):
+            await next_command(mqtt, timeout=0.5)
+
+    # A reply on the old tenant's topic (a broker without ACL lets the device publish there):
+    # refused and recorded, Alice's command untouched, Bob's device's answer not hers.
+    old_topic = first.telemetry_topic.replace("/telemetry", f"/replies/{old['command_id']}")
+    before = await rejects(owner_conn, second.device_id)
+    await delivery.reply(old_topic, orjson.dumps({"ok": True, "result": {"bob": "secret"}}))
+    assert await rejects(owner_conn, second.device_id) == [*before, "reply_unknown_command"]
+    command = await get_command(client, alice, first.device_id, old["command_id"])
+    assert command["status"] == "pending" and command["result"] is None
+    # Bob cannot see Alice's command either.
+    response = await client.get(
+        f"/api/v1/devices/{second.device_id}/commands/{old['command_id']}", headers=bob.headers
+    )
+    assert response.status == 404
