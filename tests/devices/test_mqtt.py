@@ -197,6 +197,9 @@ async def test_emqx_authz_enforces_topics(client: Client, settings: Settings) ->
     assert await authz(f"{stranger}/replies/{command}", "publish") == "deny"
     assert await authz(f"{stranger}/commands/#", "subscribe") == "deny"
     assert await authz(f"{stranger}/commands/reboot", "subscribe") == "deny"
+    assert await authz("tenants/+/devices/+/commands/#", "subscribe") == "deny"
+    assert await authz(f"$share/g/{base}/commands/#", "subscribe") == "deny"
+    assert await authz(f"{base}/commands/reboot", "publish") == "deny"  # no spoofed command
     assert await authz(f"{base}/commands/reboot", "publish", ingest) == "allow"
     assert await authz(f"{base}/commands/#", "publish", ingest) == "deny"
     assert await authz("$share/iotcore/tenants/+/devices/+/replies/+", "subscribe", ingest) == (
