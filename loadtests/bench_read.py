@@ -7,6 +7,7 @@ nothing else; for latest values, the query that the API's Redis hash spares it).
 
     .venv/bin/python loadtests/bench_read.py [--seconds 8] [--keep] [--reuse]
     .venv/bin/python loadtests/bench_read.py --year [--days 365] [--seconds 20] [--keep] [--reuse]
+        [--storage both|native|timescaledb] [--seed-only]
 
 Targets at 1 client: the API adds at most 1 ms to its bare query at p50, and p95 stays within
 latest 3 ms, raw page of 1,000 8 ms, 24 h at 5 min 6 ms, 7 d at 1 h 8 ms; at 8 clients the API
@@ -15,7 +16,7 @@ time per request (from /proc: less sensitive to a busy machine than the latencie
 line the client's.
 
 Creates the database `iotcore_bench`, migrated to head, seeds it by COPY as the owner
-(loadtests/read/seed.py) and refreshes the rollups, as `maintain` would. --keep leaves it for a
+(loadtests/read/database.py) and refreshes the rollups, as `maintain` would. --keep leaves it for a
 later --reuse run (which skips the seeding and logs in as the seeded tenant's owner).
 
 --year: year-long dashboards on both storages in the same run (loadtests/read/year.py).
@@ -41,16 +42,15 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpload import LoadResult, free_port, start_api
+from read import database, year
+from read.database import PASSWORD
 from read.lean_http import closed_loop, run_lean_load
-from read.seed import insert_devices, seed_telemetry
-from read.year import run_year
 
 from iotcore.config import Settings
 from iotcore.maintenance.jobs import refresh_rollups
 from iotcore.platform.db import Database
-from iotcore.platform.migrations import Migrator
 from iotcore.platform.sql import queries
-from iotcore.telemetry.read.service import TimeRange, rollup_span
+from iotcore.telemetry.read.service import TimeRange, aggregate_rows
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 ADMIN = "postgresql://iotcore_owner:iotcore-dev@127.0.0.1:5432/postgres"
@@ -61,7 +61,7 @@ DEVICES, DAYS = 500, 3
 # 1 client: what one dashboard waits; 8: enough to keep the one API process (and the 2 cores)
 # busy, where throughput is compared.
 LATENCY_CLIENTS, SATURATION_CLIENTS = 1, 8
-PASSWORD = "benchmark-password-" + "r3ad"
+SERVER = database.BenchServer(5432, DB)
 TARGET_P95_MS = {
     "latest": 3,
     "raw page of 1,000": 8,
@@ -76,52 +76,15 @@ FUNCTIONS = (True, True, True, False, True)
 
 async def prepare(reuse: bool) -> tuple[str, list[str]]:
     """The seeded database: (owner e-mail, device ids)."""
-    admin = await asyncpg.connect(ADMIN)
-    try:
-        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB)
-        if exists and reuse:
-            conn = await asyncpg.connect(OWNER)
-            try:
-                email = await conn.fetchval("SELECT email FROM bench_meta")
-                devices = [str(r[0]) for r in await conn.fetch("SELECT device_id FROM devices")]
-            finally:
-                await conn.close()
-            print(f"reusing {DB}: {len(devices)} devices", flush=True)
-            return email, devices
-        await admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {DB}")
-    finally:
-        await admin.close()
-    Migrator(OWNER, Path(__file__).resolve().parents[1] / "migrations").up()
-    email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
-    port = free_port()
-    api = start_api(port, IOT_DATABASE_URL=SERVICE, IOT_DATABASE_OWNER_URL=OWNER)
-    try:
-        async with aiohttp.ClientSession() as session:
-            body = {"email": email, "password": PASSWORD, "tenant_name": "Bench"}
-            url = f"http://127.0.0.1:{port}/api/v1/auth/register"
-            async with session.post(url, json=body) as response:
-                answer = await response.json()
-                assert response.status == 201, answer
-                tenant_id = uuid.UUID(answer["tenant"]["tenant_id"])
-    finally:
-        api.terminate()
-        api.wait(10)
-    conn = await asyncpg.connect(OWNER)
-    try:
-        await conn.execute("CREATE TABLE bench_meta (email text)")
-        await conn.execute("INSERT INTO bench_meta VALUES ($1)", email)
-        devices = await insert_devices(conn, tenant_id, DEVICES)
-        end = datetime.now(UTC).replace(second=0, microsecond=0)
-        started = time.perf_counter()
-        rows = await seed_telemetry(conn, tenant_id, devices, end - timedelta(days=DAYS), end)
-        print(f"seeded {rows:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
+
+    async def refresh(conn: asyncpg.Connection) -> None:
         # As `maintain` would have: the 7 d aggregate reads the hourly rollups.
         await refresh_rollups(conn, Settings(sql_dir=SQL_DIR))
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
-    return email, devices
+
+    seeded = await database.prepare(
+        SERVER, devices=DEVICES, days=DAYS, reuse=reuse, after_seed=refresh
+    )
+    return seeded.email, seeded.devices
 
 
 def process_cpu_s(pid: int) -> float:
@@ -237,8 +200,6 @@ async def main_async(args: argparse.Namespace) -> None:
         now = datetime.now(UTC)
         day_ago, week_ago = now - timedelta(hours=24), now - timedelta(days=7)
         day_ms, week_ms = (str(int(t.timestamp() * 1000)) for t in (day_ago, week_ago))
-        week = rollup_span(TimeRange(week_ago, now), timedelta(hours=1), 365)
-        assert week is not None
         sql = queries("telemetry_read", SQL_DIR)
 
         def device() -> str:
@@ -247,6 +208,20 @@ async def main_async(args: argparse.Namespace) -> None:
         async def in_tenant(query: str, *query_args: Any) -> Any:
             async with db.tenant_transaction(tenant_id, read=True) as conn:
                 return await conn.fetch(query, uuid.UUID(device()), *query_args)
+
+        async def rollup_aggregate() -> Any:
+            # The endpoint's two statements (marked hours, then the buckets) in its snapshot.
+            async with db.tenant_transaction(tenant_id, read=True, repeatable=True) as conn:
+                return await aggregate_rows(
+                    conn,
+                    sql,
+                    uuid.UUID(device()),
+                    "temp",
+                    timedelta(hours=1),
+                    TimeRange(week_ago, now),
+                    list(FUNCTIONS),
+                    365,
+                )
 
         # Per endpoint: the API path, and the bare query (bare name, call).
         shapes: dict[str, tuple[Callable[[], str], str, Callable[[Any], Awaitable[Any]]]] = {
@@ -276,18 +251,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"?metric=temp&bucket=1h&from={week_ms}"
                 ),
                 "aggregate_rollup",
-                lambda _c: in_tenant(
-                    sql["aggregate_rollup"],
-                    "temp",
-                    timedelta(hours=1),
-                    week_ago,
-                    now,
-                    *FUNCTIONS,
-                    week.first_hour,
-                    week.last_hour,
-                    week.first_day,
-                    week.last_day,
-                ),
+                lambda _c: rollup_aggregate(),
             ),
         }
         # Warm-up: every device's latest values once (the pools, and the hashes the writer
@@ -369,13 +333,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--keep", action="store_true", help="leave the database for --reuse")
     parser.add_argument("--reuse", action="store_true", help="use an existing seeded database")
-    parser.add_argument("--year", action="store_true", help="year-long dashboards, both storages")
-    parser.add_argument("--days", type=int, default=365, help="--year: days of readings")
-    parser.add_argument(
-        "--raw-seconds", type=float, default=8, help="--year: seconds of the raw-rows baseline"
-    )
+    year.add_arguments(parser)
     args = parser.parse_args()
-    asyncio.run(run_year(args) if args.year else main_async(args))
+    asyncio.run(year.run_year(args) if args.year else main_async(args))
 
 
 if __name__ == "__main__":

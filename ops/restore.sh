@@ -42,9 +42,15 @@ fi
 if [ -z "$timescaledb" ]; then
   admin "$target" pg_restore --exit-on-error < "$file"
 else
-  # TimescaleDB's catalog rows go in by a session of their own before the chunks' rows: a
-  # session that looked up its hypertables before the catalog was filled keeps that empty
-  # view and refuses the chunks ("could not find hypertable with id 1", 2.28).
+  # Every session that writes the restore runs in TimescaleDB's restoring mode, asked for
+  # by the session itself (PGOPTIONS) and not only by the database default that
+  # timescaledb_pre_restore() sets: a COPY into a chunk outside that mode goes through
+  # TimescaleDB's own COPY, whose continuous-aggregate invalidation looks the hypertable up
+  # in a catalog not restored yet and fails ("could not find hypertable with id 1").
+  # The catalog's rows still go in first, by a session of their own.
+  export PGOPTIONS="${PGOPTIONS:-} -c timescaledb.restoring=on"
+  mode="$(admin "$target" psql -X -qAt -c "SHOW timescaledb.restoring")"
+  [ "$mode" = "on" ] || { log "restore sessions are not in TimescaleDB's restoring mode"; exit 1; }
   grep -E 'TABLE DATA _timescaledb_(catalog|config) ' "$lists/all" >"$lists/catalog" || true
   grep -vE 'TABLE DATA _timescaledb_(catalog|config) ' "$lists/all" >"$lists/rest"
   chmod -R a+rX "$lists"
@@ -52,6 +58,7 @@ else
   admin "$target" pg_restore --exit-on-error --section=data --use-list="$lists/catalog" < "$file"
   admin "$target" pg_restore --exit-on-error --section=data --use-list="$lists/rest" < "$file"
   admin "$target" pg_restore --exit-on-error --section=post-data < "$file"
+  PGOPTIONS="${PGOPTIONS% -c timescaledb.restoring=on}"
   admin "$target" psql -X -q -v ON_ERROR_STOP=1 -c "SELECT timescaledb_post_restore()" >/dev/null
   admin "$target" psql -X -q -v ON_ERROR_STOP=1 <"$REPO_ROOT/ops/timescaledb-privileges.sql"
 fi

@@ -81,57 +81,96 @@ FROM (
     GROUP BY bucket
 ) buckets
 
--- name: aggregate_rollup
--- Buckets of whole hours or days, from the rollups (migrations/0012) where they are
--- complete: [$11, $12) is the whole hours of the window at or after the retention horizon,
--- [$13, $14) its whole days when the bucket is made of days (else empty). An hour marked in
--- telemetry_rollup_dirty (written since its last refresh) comes from the raw rows, and so do
--- its day's other hours instead of the daily row; the edges [$4, $11) and [$12, $5) too.
-WITH dirty AS MATERIALIZED (
-    SELECT hour, date_bin(INTERVAL '1 day', hour, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS day
+-- name: rollup_dirty_ranges
+-- The hours in [$1, $2) written since their rollups' last refresh (migrations/0012), as
+-- ranges of consecutive hours [lo, hi).
+SELECT min(hour) AS lo, max(hour) + INTERVAL '1 hour' AS hi
+FROM (
+    SELECT hour, hour - INTERVAL '1 hour' * row_number() OVER (ORDER BY hour) AS run
     FROM telemetry_rollup_dirty_v
-    WHERE hour >= $11 AND hour < $12
-), parts AS (
-    SELECT bucket AS t, sum, count, min, max FROM telemetry_daily_v
-    WHERE device_id = $1 AND metric = $2 AND bucket >= $13 AND bucket < $14
-      AND bucket NOT IN (SELECT day FROM dirty)
+    WHERE hour >= $1 AND hour < $2
+) marked
+GROUP BY run
+ORDER BY lo
+
+-- name: aggregate_rollup
+-- Buckets of whole hours or days, partly from the rollups (migrations/0012). The caller
+-- (aggregate_sources in iotcore/telemetry/read_service.py) has split the window into
+-- disjoint ranges, each read from one source: the raw rows ($9/$10: lower and upper bounds
+-- of up to 4 ranges: the window's edges and the hours marked in telemetry_rollup_dirty),
+-- the hourly rollup ($11/$12: up to 6) and the daily one ($13/$14: up to 3). One arm per
+-- range, with bounds that are constants when the statement is planned (the pool plans each
+-- execution for its parameters): partitions, chunks and materialisation chunks outside them
+-- are pruned at plan time, and an arm without a range (NULL bounds) is planned as empty.
+-- $4..$8: whether avg, min, max, sum, count are asked for.
+WITH raw AS (
+    SELECT ts, value FROM telemetry_v
+    WHERE device_id = $1 AND metric = $2
+      AND ts >= ($9::timestamptz[])[1] AND ts < ($10::timestamptz[])[1]
     UNION ALL
-    -- Hours outside the whole days (two index ranges, not the days between them)...
+    SELECT ts, value FROM telemetry_v
+    WHERE device_id = $1 AND metric = $2
+      AND ts >= ($9::timestamptz[])[2] AND ts < ($10::timestamptz[])[2]
+    UNION ALL
+    SELECT ts, value FROM telemetry_v
+    WHERE device_id = $1 AND metric = $2
+      AND ts >= ($9::timestamptz[])[3] AND ts < ($10::timestamptz[])[3]
+    UNION ALL
+    SELECT ts, value FROM telemetry_v
+    WHERE device_id = $1 AND metric = $2
+      AND ts >= ($9::timestamptz[])[4] AND ts < ($10::timestamptz[])[4]
+), parts AS (
+    SELECT date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS t,
+           sum(value) AS sum, count(*) AS count, min(value) AS min, max(value) AS max
+    FROM raw
+    GROUP BY 1
+    UNION ALL
     SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
     WHERE device_id = $1 AND metric = $2
-      AND ((bucket >= $11 AND bucket < $13) OR (bucket >= $14 AND bucket < $12))
-      AND bucket NOT IN (SELECT hour FROM dirty)
+      AND bucket >= ($11::timestamptz[])[1] AND bucket < ($12::timestamptz[])[1]
     UNION ALL
-    -- ...and the clean hours of whole days that have a marked hour.
-    SELECT h.bucket, h.sum, h.count, h.min, h.max
-    FROM (SELECT DISTINCT day FROM dirty WHERE day >= $13 AND day < $14) dd
-    JOIN telemetry_hourly_v h ON h.device_id = $1 AND h.metric = $2
-                             AND h.bucket >= dd.day AND h.bucket < dd.day + INTERVAL '1 day'
-    WHERE h.bucket NOT IN (SELECT hour FROM dirty)
-    UNION ALL
-    SELECT date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
-           sum(value), count(*), min(value), max(value)
-    FROM telemetry_v
+    SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
     WHERE device_id = $1 AND metric = $2
-      AND ((ts >= $4 AND ts < $11) OR (ts >= $12 AND ts < $5))
-    GROUP BY 1
+      AND bucket >= ($11::timestamptz[])[2] AND bucket < ($12::timestamptz[])[2]
     UNION ALL
-    SELECT d.hour, sum(r.value), count(*), min(r.value), max(r.value)
-    FROM dirty d
-    JOIN telemetry_v r ON r.device_id = $1 AND r.metric = $2
-                      AND r.ts >= d.hour AND r.ts < d.hour + INTERVAL '1 hour'
-    GROUP BY 1
+    SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
+    WHERE device_id = $1 AND metric = $2
+      AND bucket >= ($11::timestamptz[])[3] AND bucket < ($12::timestamptz[])[3]
+    UNION ALL
+    SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
+    WHERE device_id = $1 AND metric = $2
+      AND bucket >= ($11::timestamptz[])[4] AND bucket < ($12::timestamptz[])[4]
+    UNION ALL
+    SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
+    WHERE device_id = $1 AND metric = $2
+      AND bucket >= ($11::timestamptz[])[5] AND bucket < ($12::timestamptz[])[5]
+    UNION ALL
+    SELECT bucket, sum, count, min, max FROM telemetry_hourly_v
+    WHERE device_id = $1 AND metric = $2
+      AND bucket >= ($11::timestamptz[])[6] AND bucket < ($12::timestamptz[])[6]
+    UNION ALL
+    SELECT bucket, sum, count, min, max FROM telemetry_daily_v
+    WHERE device_id = $1 AND metric = $2
+      AND bucket >= ($13::timestamptz[])[1] AND bucket < ($14::timestamptz[])[1]
+    UNION ALL
+    SELECT bucket, sum, count, min, max FROM telemetry_daily_v
+    WHERE device_id = $1 AND metric = $2
+      AND bucket >= ($13::timestamptz[])[2] AND bucket < ($14::timestamptz[])[2]
+    UNION ALL
+    SELECT bucket, sum, count, min, max FROM telemetry_daily_v
+    WHERE device_id = $1 AND metric = $2
+      AND bucket >= ($13::timestamptz[])[3] AND bucket < ($14::timestamptz[])[3]
 )
 SELECT string_agg(telemetry_bucket_json(bucket, avg, min, max, sum, count), ',' ORDER BY bucket)
            AS items,
        telemetry_device_readable($1) AS readable
 FROM (
     SELECT date_bin($3::interval, t, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-           CASE WHEN $6 THEN sum(sum) / sum(count)::bigint END AS avg,
-           CASE WHEN $7 THEN min(min) END AS min,
-           CASE WHEN $8 THEN max(max) END AS max,
-           CASE WHEN $9 THEN sum(sum) END AS sum,
-           CASE WHEN $10 THEN sum(count)::bigint END AS count
+           CASE WHEN $4 THEN sum(sum) / sum(count)::bigint END AS avg,
+           CASE WHEN $5 THEN min(min) END AS min,
+           CASE WHEN $6 THEN max(max) END AS max,
+           CASE WHEN $7 THEN sum(sum) END AS sum,
+           CASE WHEN $8 THEN sum(count)::bigint END AS count
     FROM parts
     GROUP BY 1
 ) buckets

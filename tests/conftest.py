@@ -90,6 +90,21 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+async def _drop_database(name: str) -> None:
+    """DROP ... WITH (FORCE) as the owner ends the owner's sessions, but not a service-role
+    session a test has just closed whose backend is still exiting ("must be a member of the
+    role whose process is being terminated"): wait for it to be gone."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def _enable_timescaledb(database: str) -> None:
     """Use TimescaleDB when the server offers it, as ops/services.sh does for the real database."""
     try:
@@ -154,7 +169,7 @@ def template_database() -> Iterator[str]:
         asyncio.run(_close_template(name))
         yield name
     finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(_drop_database(name))
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +179,7 @@ def database(template_database: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(_drop_database(name))
 
 
 @pytest.fixture(scope="session")

@@ -102,15 +102,17 @@ class Database:
 
     @asynccontextmanager
     async def tenant_transaction(
-        self, tenant_id: UUID | str, *, read: bool = False
+        self, tenant_id: UUID | str, *, read: bool = False, repeatable: bool = False
     ) -> AsyncIterator[Connection]:
         """A transaction in which row-level security and the telemetry views see one tenant.
 
         BEGIN and the tenant go to Postgres as one simple query (one round trip instead of
         two: this wraps every tenant request). The tenant is inlined only after UUID()
-        has parsed it, so the text is nothing but hex digits and hyphens."""
+        has parsed it, so the text is nothing but hex digits and hyphens. `repeatable`: one
+        snapshot for every statement (REPEATABLE READ), for reads made of several."""
         tenant = str(tenant_id if isinstance(tenant_id, UUID) else UUID(tenant_id))
-        begin = "BEGIN READ ONLY" if read else "BEGIN"
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ" if repeatable else "BEGIN"
+        begin += " READ ONLY" if read else ""
         pool = self.read_pool if read else self.primary
         async with pool.acquire() as conn:
             await conn.execute(f"{begin}; SELECT set_config('app.tenant_id', '{tenant}', true)")

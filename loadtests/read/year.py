@@ -1,10 +1,21 @@
 """Year-long dashboards (bench_read.py --year): 10 devices x 4 metrics at one point a minute
-for 365 days (21,024,000 rows, seeded by COPY) on each storage in the same run, native
+for 365 days (21,024,000 rows, seeded by COPY) on each storage in the same run: native
 partitions (127.0.0.1:5432) and TimescaleDB (127.0.0.1:5433, when it answers; chunks older
 than 7 days compressed, as the policy would). Rollups refreshed by `maintain`'s refresh.
 
-One client, for each shape: the API (the rollup path), the endpoint's rollup SQL bare, and
-the same aggregate over the raw rows bare (the baseline). Target: API p95 < 30 ms.
+One client, for each shape: the API (the rollup path), the endpoint's SQL bare (the same
+function the endpoint calls, in the same tenant transaction), and the same aggregate over
+the raw rows bare (the baseline). Target: API p95 < 30 ms. The windows end where the seed
+ends (half an hour before its last whole hour), so a reused seed is measured on the same
+data however old it is.
+
+Seeding takes long (about 10 minutes per storage on two cores): seed once with --reuse
+(--seed-only skips the measurement), then measure as often as wanted with --reuse, which
+skips the seeding when the database holds a complete seed of the same size (see
+loadtests/read/database.py) and keeps the database afterwards:
+
+    nice -n 19 .venv/bin/python loadtests/bench_read.py --year --reuse --seed-only
+    .venv/bin/python loadtests/bench_read.py --year --reuse --seconds 20 --raw-seconds 10
 """
 
 from __future__ import annotations
@@ -23,123 +34,79 @@ from httpload import LoadResult, free_port, run_load, start_api
 
 from iotcore.config import Settings
 from iotcore.maintenance.jobs import refresh_rollups
-from iotcore.platform.migrations import Migrator
 from iotcore.platform.sql import queries
-from iotcore.telemetry.read.service import RollupSpan, TimeRange, rollup_span
-from read.seed import insert_devices, seed_telemetry
+from iotcore.telemetry.read.service import TimeRange, aggregate_rows
+from read.database import PASSWORD, BenchServer, Seeded, available, drop, prepare
 
-REPO = Path(__file__).resolve().parents[2]
-SQL_DIR = REPO / "sql"
-DB = "iotcore_bench_year"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 DEVICES = 10
 TARGET_MS = 30
-PASSWORD = "benchmark-password-" + "ye4r"
-STORAGES = {"native partitions": 5432, "TimescaleDB": 5433}
-# $6..$10: avg, min, max, sum, count (the API's default fn).
-FUNCTIONS = (True, True, True, False, True)
+STORAGES = {
+    "native": ("native partitions", BenchServer(5432, "iotcore_bench_year")),
+    "timescaledb": ("TimescaleDB", BenchServer(5433, "iotcore_bench_year")),
+}
+# avg, min, max, sum, count: the API's default fn.
+FUNCTIONS = [True, True, True, False, True]
 
 
-def url(role: str, port: int, database: str) -> str:
-    return f"postgresql://{role}:iotcore-dev@127.0.0.1:{port}/{database}"
-
-
-async def available(port: int) -> bool:
-    try:
-        conn = await asyncpg.connect(url("iotcore_owner", port, "postgres"), timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return False
-    await conn.close()
-    return True
-
-
-async def prepare(port: int, days: int, reuse: bool) -> tuple[str, list[str]]:
-    """The seeded database on the server at `port`: (owner e-mail, device ids)."""
-    owner_url = url("iotcore_owner", port, DB)
-    admin = await asyncpg.connect(url("iotcore_owner", port, "postgres"))
-    try:
-        if reuse and await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB):
-            conn = await asyncpg.connect(owner_url)
-            try:
-                email = await conn.fetchval("SELECT email FROM bench_meta")
-                devices = [str(r[0]) for r in await conn.fetch("SELECT device_id FROM devices")]
-            finally:
-                await conn.close()
-            print(f"  reusing {DB}: {len(devices)} devices", flush=True)
-            return email, devices
-        await admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {DB}")
-    finally:
-        await admin.close()
-    if port != 5432:
-        su = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/{DB}")
-        await su.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        await su.close()
-    Migrator(owner_url, REPO / "migrations").up()
-    email = f"bench-{uuid.uuid4().hex[:10]}@example.com"
-    api_port = free_port()
-    api = start_api(
-        api_port,
-        IOT_DATABASE_URL=url("iotcore_service", port, DB),
-        IOT_DATABASE_OWNER_URL=owner_url,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--year", action="store_true", help="year-long dashboards, both storages")
+    parser.add_argument("--days", type=int, default=365, help="--year: days of readings")
+    parser.add_argument(
+        "--raw-seconds", type=float, default=8, help="--year: seconds of the raw-rows baseline"
     )
-    try:
-        async with aiohttp.ClientSession() as session:
-            body = {"email": email, "password": PASSWORD, "tenant_name": "Bench"}
-            register = f"http://127.0.0.1:{api_port}/api/v1/auth/register"
-            async with session.post(register, json=body) as response:
-                answer = await response.json()
-                assert response.status == 201, answer
-                tenant_id = uuid.UUID(answer["tenant"]["tenant_id"])
-    finally:
-        api.terminate()
-        api.wait(10)
-    conn = await asyncpg.connect(owner_url)
-    try:
-        await conn.execute("CREATE TABLE bench_meta (email text)")
-        await conn.execute("INSERT INTO bench_meta VALUES ($1)", email)
-        devices = await insert_devices(conn, tenant_id, DEVICES)
-        end = datetime.now(UTC).replace(second=0, microsecond=0)
+    parser.add_argument(
+        "--storage",
+        choices=["both", *STORAGES],
+        default="both",
+        help="--year: which storage (default both, in the same run)",
+    )
+    parser.add_argument(
+        "--seed-only", action="store_true", help="--year: seed (or find the seed), no measuring"
+    )
+
+
+async def compress_and_refresh(conn: asyncpg.Connection) -> None:
+    """What the policies and `maintain` would have done by now: chunks older than 7 days
+    compressed (TimescaleDB), every marked hour refreshed."""
+    if await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"
+    ):
         started = time.perf_counter()
-        rows = await seed_telemetry(
-            conn, tenant_id, devices, end - timedelta(days=days), end, quiet=True
+        chunks = await conn.fetchval(
+            "SELECT count(compress_chunk(c, if_not_compressed => true)) "
+            "FROM show_chunks('telemetry', older_than => now() - INTERVAL '7 days') c"
         )
-        print(f"  seeded {rows:,} rows by COPY in {time.perf_counter() - started:.0f} s")
-        if port != 5432:
-            started = time.perf_counter()
-            chunks = await conn.fetchval(
-                "SELECT count(compress_chunk(c, if_not_compressed => true)) "
-                "FROM show_chunks('telemetry', older_than => now() - INTERVAL '7 days') c"
-            )
-            print(f"  compressed {chunks} chunks in {time.perf_counter() - started:.0f} s")
-        started = time.perf_counter()
-        cleared = await refresh_rollups(conn, Settings(sql_dir=SQL_DIR))
-        print(
-            f"  rollups refreshed ({cleared} marked hours) in "
-            f"{time.perf_counter() - started:.0f} s",
-            flush=True,
-        )
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
-    return email, devices
+        print(f"  compressed {chunks} chunks in {time.perf_counter() - started:.0f} s", flush=True)
+    started = time.perf_counter()
+    cleared = 0
+    while refreshed := await refresh_rollups(conn, Settings(sql_dir=SQL_DIR)):
+        cleared += refreshed
+    print(
+        f"  rollups refreshed ({cleared} marked hours) in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
 
 
 async def bare(
     name: str,
-    service_url: str,
+    server: BenchServer,
     tenant_id: str,
     run: Callable[[Any], Awaitable[Any]],
     seconds: float,
 ) -> LoadResult:
-    """One client running the SQL in the endpoint's tenant transaction, nothing else."""
+    """One client running the SQL in the endpoint's tenant transaction (REPEATABLE READ, read
+    only), nothing else."""
     result = LoadResult(name)
-    conn = await asyncpg.connect(service_url)
+    conn = await asyncpg.connect(
+        server.service, server_settings={"plan_cache_mode": "force_custom_plan"}
+    )
     try:
         started = deadline = time.perf_counter()
         deadline += seconds
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            async with conn.transaction(readonly=True):
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
                 await conn.execute("SELECT set_config('app.tenant_id', $1, true)", tenant_id)
                 await run(conn)
             result.latencies_ms.append((time.perf_counter() - t0) * 1000)
@@ -150,42 +117,49 @@ async def bare(
     return result
 
 
-async def measure(storage: str, port: int, args: argparse.Namespace) -> None:
-    print(f"{storage} (127.0.0.1:{port})", flush=True)
-    email, devices = await prepare(port, args.days, args.reuse)
-    service_url = url("iotcore_service", port, DB)
+async def measure(server: BenchServer, seeded: Seeded, args: argparse.Namespace) -> None:
+    # Retention long enough that the whole seed is inside the horizon however old it is
+    # (rollups older than the retention horizon are not read).
+    age_days = (datetime.now(UTC) - seeded.end).days
     api_port = free_port()
     api = start_api(
         api_port,
-        IOT_DATABASE_URL=service_url,
-        IOT_DATABASE_OWNER_URL=url("iotcore_owner", port, DB),
+        **server.api_env(),
+        IOT_TELEMETRY_RETENTION_DAYS=str(seeded.days + age_days + 2),
     )
     base = f"http://127.0.0.1:{api_port}"
     sql = queries("telemetry_read", SQL_DIR)
     try:
         async with aiohttp.ClientSession() as session:
-            body = {"email": email, "password": PASSWORD}
+            body = {"email": seeded.email, "password": PASSWORD}
             async with session.post(base + "/api/v1/auth/login", json=body) as response:
                 answer = await response.json()
                 assert response.status == 200, answer
         headers = {"Authorization": "Bearer " + answer["access_token"]}
         tenant_id = answer["tenant"]["tenant_id"]
-        now = datetime.now(UTC)
+        # Windows that end half an hour before the seed's last whole hour: like a dashboard
+        # up to now, they begin and end inside an hour (edges read from the raw rows).
+        end = seeded.end.replace(minute=0) - timedelta(minutes=30)
+        long_days, short_days = min(seeded.days, 365), min(seeded.days, 90)
         shapes = {
-            f"{min(args.days, 365)} d aggregate, 1 d": (timedelta(days=min(args.days, 365)), "1d"),
-            f"{min(args.days, 90)} d aggregate, 1 h": (timedelta(days=min(args.days, 90)), "1h"),
+            f"{long_days} d aggregate, 1 d": (timedelta(days=long_days), "1d", timedelta(days=1)),
+            f"{short_days} d aggregate, 1 h": (
+                timedelta(days=short_days),
+                "1h",
+                timedelta(hours=1),
+            ),
         }
         counter = 0
 
         def device() -> str:
             nonlocal counter
             counter += 1
-            return devices[counter % len(devices)]
+            return seeded.devices[counter % len(seeded.devices)]
 
-        for name, (span, bucket) in shapes.items():
-            start = now - span
-            start_ms = int(start.timestamp() * 1000)
-            end_ms = int(now.timestamp() * 1000)
+        for name, (span, bucket, width) in shapes.items():
+            window = TimeRange(end - span, end)
+            start_ms = int(window.start.timestamp() * 1000)
+            end_ms = int(window.end.timestamp() * 1000)
 
             def path(
                 _i: int, bucket: str = bucket, start_ms: int = start_ms, end_ms: int = end_ms
@@ -205,47 +179,41 @@ async def measure(storage: str, port: int, args: argparse.Namespace) -> None:
                 f"  {api_result.line()}  target p95 < {TARGET_MS} ms -> {'PASS' if ok else 'FAIL'}",
                 flush=True,
             )
-            width = timedelta(days=1) if bucket == "1d" else timedelta(hours=1)
-            window = TimeRange(start, now)
-            span_of_rollups = rollup_span(window, width, 365)
-            assert span_of_rollups is not None
 
-            def rollup_sql(
-                conn: Any,
-                width: timedelta = width,
-                start: datetime = start,
-                rollups: RollupSpan = span_of_rollups,
+            def endpoint_sql(
+                conn: Any, width: timedelta = width, window: TimeRange = window
             ) -> Any:
-                return conn.fetch(
-                    sql["aggregate_rollup"],
+                return aggregate_rows(
+                    conn,
+                    sql,
                     uuid.UUID(device()),
                     "temp",
                     width,
-                    start,
-                    now,
-                    *FUNCTIONS,
-                    rollups.first_hour,
-                    rollups.last_hour,
-                    rollups.first_day,
-                    rollups.last_day,
+                    window,
+                    FUNCTIONS,
+                    seeded.days + age_days + 2,
                 )
 
-            def raw_sql(conn: Any, width: timedelta = width, start: datetime = start) -> Any:
+            def raw_rows(conn: Any, width: timedelta = width, window: TimeRange = window) -> Any:
                 return conn.fetch(
-                    sql["aggregate"], uuid.UUID(device()), "temp", width, start, now, *FUNCTIONS
+                    sql["aggregate"],
+                    uuid.UUID(device()),
+                    "temp",
+                    width,
+                    window.start,
+                    window.end,
+                    *FUNCTIONS,
                 )
 
-            for label, run in (("bare SQL, rollups", rollup_sql), ("bare SQL, raw rows", raw_sql)):
-                seconds = args.seconds if label.endswith("rollups") else args.raw_seconds
-                result = await bare(f"{label}: {name}", service_url, tenant_id, run, seconds)
+            for label, run, seconds in (
+                ("bare SQL, rollups", endpoint_sql, args.seconds),
+                ("bare SQL, raw rows", raw_rows, args.raw_seconds),
+            ):
+                result = await bare(f"{label}: {name}", server, tenant_id, run, seconds)
                 print(f"  {result.line()}", flush=True)
     finally:
         api.terminate()
         api.wait(10)
-        if not args.keep:
-            admin = await asyncpg.connect(url("iotcore_owner", port, "postgres"))
-            await admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-            await admin.close()
 
 
 async def run_year(args: argparse.Namespace) -> None:
@@ -254,8 +222,26 @@ async def run_year(args: argparse.Namespace) -> None:
         f"({DEVICES * 4 * args.days * 1440:,} rows) per storage; one client",
         flush=True,
     )
-    for storage, port in STORAGES.items():
-        if not await available(port):
-            print(f"{storage}: no server on 127.0.0.1:{port}, skipped", flush=True)
+    wanted = list(STORAGES) if args.storage == "both" else [args.storage]
+    for key in wanted:
+        label, server = STORAGES[key]
+        if not await available(server):
+            print(f"{label}: no server on {server.host}:{server.port}, skipped", flush=True)
             continue
-        await measure(storage, port, args)
+        print(f"{label} ({server.host}:{server.port}/{server.name})", flush=True)
+        seeded = await prepare(
+            server,
+            devices=DEVICES,
+            days=args.days,
+            reuse=args.reuse,
+            after_seed=compress_and_refresh,
+            quiet=True,
+        )
+        try:
+            if not args.seed_only:
+                measure_started = time.perf_counter()
+                await measure(server, seeded, args)
+                print(f"  measured in {time.perf_counter() - measure_started:.0f} s", flush=True)
+        finally:
+            if not (args.keep or args.reuse):  # a seed meant for reuse is kept
+                await drop(server)

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from iotcore.config import Settings
 from iotcore.platform.context import Platform
+from iotcore.telemetry.read.service import RollupSpan, TimeRange, aggregate_sources
 from tests.conftest import REPO_ROOT
 from tests.support.devices import DeviceCredentials, claimed_device
 from tests.support.telemetry import post_telemetry
@@ -388,7 +389,19 @@ async def test_no_read_plans_a_sequential_scan(
     sql = queries("telemetry_read", REPO_ROOT / "sql")
     now = datetime.now(UTC)
     hour = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    edges = [hour, hour + timedelta(hours=5), hour, hour]
+    # Whole hours from the hourly rollup, but the second one marked: raw edges, a raw hour,
+    # two hourly ranges.
+    sources = aggregate_sources(
+        TimeRange(start, now),
+        RollupSpan(hour, hour + timedelta(hours=5), hour, hour),
+        [(hour + timedelta(hours=1), hour + timedelta(hours=2))],
+    )
+    assert (len(sources.raw), len(sources.hourly), len(sources.daily)) == (3, 2, 0)
+    ranges = [
+        [r[i] for r in group]
+        for group in (sources.raw, sources.hourly, sources.daily)
+        for i in (0, 1)
+    ]
     shapes = {
         "metrics": (sql["metrics"], [devices[0]]),
         "raw_asc": (sql["raw_asc"], [devices[0], start, now, start, "", 101, None]),
@@ -399,10 +412,9 @@ async def test_no_read_plans_a_sequential_scan(
             sql["aggregate"],
             [devices[0], "a", timedelta(minutes=5), start, now, True, True, True, True, True],
         ),
-        # Whole hours from the rollups; the rows were marked, so the raw rows answer them.
         "aggregate_rollup": (
             sql["aggregate_rollup"],
-            [devices[0], "a", timedelta(hours=1), start, now, *[True] * 5, *edges],
+            [devices[0], "a", timedelta(hours=1), *[True] * 5, *ranges],
         ),
     }
     # Empty or tiny partitions (days ahead, a few test rows) are rightly read sequentially;

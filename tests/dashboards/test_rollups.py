@@ -7,6 +7,9 @@ writer (into a compressed chunk on TimescaleDB), a purge."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,12 +21,22 @@ from iotcore.config import Settings
 from iotcore.maintenance.jobs import refresh_rollups, run_once
 from iotcore.platform.migrations import Migrator
 from iotcore.platform.sql import queries
+from iotcore.telemetry.read.service import (
+    DAILY_RANGES,
+    HOURLY_RANGES,
+    RAW_RANGES,
+    TimeRange,
+    aggregate_sources,
+    rollup_span,
+)
+from iotcore.telemetry.read.service import ORIGIN as ORIGIN_TS
 from tests.conftest import OWNER_URL, REPO_ROOT, with_database
 from tests.support.devices import DeviceCredentials, claimed_device
 from tests.support.telemetry import post_telemetry
 from tests.support.users import RegisteredUser, register
 
 Client = TestClient  # type: ignore[type-arg]
+SQL = queries("telemetry_read", REPO_ROOT / "sql")
 ORIGIN = "TIMESTAMPTZ '2000-01-03 00:00:00+00'"
 # Three whole days, 20 days ago: inside the 30 accepted days, older than compression's 7.
 DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=20)
@@ -273,3 +286,146 @@ async def test_rollups_equal_raw_rows_after_history_late_readings_and_a_purge(
         == 0
     )
     await rollups_match_raw(owner_conn)
+
+
+def test_a_window_is_split_into_disjoint_ranges_that_cover_it_and_keep_marked_hours_raw() -> None:
+    """aggregate_sources, over random windows and marks: the raw, hourly and daily ranges
+    are disjoint and cover the window exactly; every marked hour and both edges are raw;
+    no daily range holds a raw hour; hourly and daily ranges are whole hours and days; and
+    there are never more ranges than the query has arms."""
+    rng = random.Random(12)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    hour, day = timedelta(hours=1), timedelta(days=1)
+    for case in range(2000):
+        start = base + timedelta(minutes=rng.randrange(0, 3 * 1440))
+        span = TimeRange(start, start + timedelta(minutes=rng.randrange(1, 40 * 1440)))
+        width = rng.choice([hour, day, 3 * hour, 7 * day])
+        rollups = rollup_span(span, width, 3650)
+        if rollups is None:
+            continue
+        hours = int((rollups.last_hour - rollups.first_hour) / hour)
+        marked = sorted(
+            {
+                rollups.first_hour + rng.randrange(hours) * hour
+                for _ in range(rng.choice([0, 1, 3, 12, 200]))
+            }
+        )
+        sources = aggregate_sources(span, rollups, [(h, h + hour) for h in marked])
+        assert len(sources.raw) <= RAW_RANGES, case
+        assert len(sources.hourly) <= HOURLY_RANGES, case
+        assert len(sources.daily) <= DAILY_RANGES, case
+        pieces = sorted(sources.raw + sources.hourly + sources.daily)
+        assert pieces[0][0] == span.start and pieces[-1][1] == span.end, case
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces)), f"{case}: gap or overlap"
+        assert all(lo < hi for lo, hi in pieces), case
+        for h in marked:
+            assert any(lo <= h and h + hour <= hi for lo, hi in sources.raw), case
+        for lo, hi in sources.hourly:
+            assert (lo - ORIGIN_TS) % hour == (hi - ORIGIN_TS) % hour == timedelta(0), case
+            assert rollups.first_hour <= lo and hi <= rollups.last_hour, case
+        for lo, hi in sources.daily:
+            assert (lo - ORIGIN_TS) % day == (hi - ORIGIN_TS) % day == timedelta(0), case
+            assert rollups.first_day <= lo and hi <= rollups.last_day, case
+            for raw_lo, raw_hi in sources.raw:
+                assert raw_hi <= lo or raw_lo >= hi, f"{case}: a raw hour in a daily range"
+
+
+async def test_marked_hours_scattered_over_the_window_are_answered_from_raw_rows(
+    client: Client, settings: Settings, owner_conn: Any, device: Any
+) -> None:
+    """More marked hours, further apart, than the rollup query has raw arms: they are all
+    answered from the raw rows, the clean hours and days still from the rollups."""
+    owner, claimed = device
+    await refresh_rollups(owner_conn, settings)
+    start, end = DAY0 + timedelta(minutes=30), DAY0 + timedelta(days=2, hours=23, minutes=30)
+    window = {"from": start.isoformat(), "to": end.isoformat()}
+    # Rows slipped in without marks (the rollups do not know them), then their hours marked.
+    hours = [DAY0 + timedelta(hours=h) for h in (2, 9, 20, 31, 40, 47, 55, 66)]
+    slipped = [(h + timedelta(minutes=7), 9000.0 + i) for i, h in enumerate(hours)]
+    await add_rows(owner_conn, owner.tenant_id, claimed.device_id, slipped, mark=False)
+    for h in hours:
+        await owner_conn.execute("SELECT telemetry_rollup_mark($1, $2)", h, h + timedelta(hours=1))
+    expected = {
+        bucket: await raw_buckets(owner_conn, claimed.device_id, bucket, start, end)
+        for bucket in ("1 hour", "1 day", "3 hours")
+    }
+    # One more without a mark, in a clean hour: answered from the rollup, it must not show.
+    clean = DAY0 + timedelta(hours=60, minutes=7)
+    await add_rows(owner_conn, owner.tenant_id, claimed.device_id, [(clean, 3000.0)], mark=False)
+    for bucket, iso in (("3 hours", "PT3H"), ("1 day", "1d"), ("1 hour", "1h")):
+        answer = await aggregate(client, owner, claimed, bucket=iso, **window)
+        assert answer == expected[bucket], bucket
+    # Each marked hour's own maximum is its slipped row: read from the raw rows.
+    assert {9000.0 + i for i in range(len(hours))} <= {b["max"] for b in answer}
+    # Back to rows the rollups know, for the other tests.
+    await owner_conn.execute(
+        "DELETE FROM telemetry WHERE device_id = $1 AND value IN (3000, 9000, 9001, 9002, "
+        "9003, 9004, 9005, 9006, 9007)",
+        uuid.UUID(claimed.device_id),
+    )
+    await owner_conn.execute("SELECT telemetry_rollup_mark($1, $2)", DAY0, DAY0 + timedelta(days=3))
+    await refresh_rollups(owner_conn, settings)
+    await rollups_match_raw(owner_conn)
+
+
+async def test_the_rollup_query_plans_only_the_partitions_or_chunks_it_reads_raw(
+    settings: Settings, owner_conn: Any, service_conn: Any, device: Any
+) -> None:
+    """Raw rows are read with constant bounds: of the window's three days, only the one
+    with a marked hour has its partition (chunk) in the plan; before, every partition of
+    the table was planned for the marked hours' join (85-840 ms of planning a year)."""
+    owner, claimed = device
+    await refresh_rollups(owner_conn, settings)
+    marked = DAY0 + timedelta(days=1, hours=5)
+    await owner_conn.execute(
+        "SELECT telemetry_rollup_mark($1, $2)", marked, marked + timedelta(hours=1)
+    )
+    span = TimeRange(DAY0, DAY0 + timedelta(days=3))
+    rollups = rollup_span(span, timedelta(days=1), 3650)
+    assert rollups is not None
+    if await is_timescale(owner_conn):
+        chunks = {
+            r["chunk_name"]: r["range_start"] <= marked < r["range_end"]
+            for r in await owner_conn.fetch(
+                "SELECT chunk_name, range_start, range_end FROM timescaledb_information.chunks "
+                "WHERE hypertable_name = 'telemetry'"
+            )
+        }
+    else:
+        chunks = {
+            r[0]: r[0] == f"telemetry_{marked:%Y%m%d}"
+            for r in await owner_conn.fetch(
+                "SELECT inhrelid::regclass::text FROM pg_inherits "
+                "WHERE inhparent = 'telemetry'::regclass"
+            )
+        }
+    assert sum(chunks.values()) == 1 and len(chunks) >= 3
+    async with service_conn.transaction(isolation="repeatable_read", readonly=True):
+        await service_conn.execute(
+            "SELECT set_config('app.tenant_id', $1, true)", str(owner.tenant_id)
+        )
+        dirty = await service_conn.fetch(
+            SQL["rollup_dirty_ranges"], rollups.first_hour, rollups.last_hour
+        )
+        assert [(r["lo"], r["hi"]) for r in dirty] == [(marked, marked + timedelta(hours=1))]
+        sources = aggregate_sources(span, rollups, [(r["lo"], r["hi"]) for r in dirty])
+        assert sources.raw == [(marked, marked + timedelta(hours=1))]
+        bounds = [
+            [r[i] for r in part]
+            for part in (sources.raw, sources.hourly, sources.daily)
+            for i in (0, 1)
+        ]
+        plan = "\n".join(
+            r[0]
+            for r in await service_conn.fetch(
+                "EXPLAIN " + SQL["aggregate_rollup"],
+                uuid.UUID(claimed.device_id),
+                "temp",
+                timedelta(days=1),
+                *[True] * 5,
+                *bounds,
+            )
+        )
+    planned = {name for name in chunks if re.search(rf"\b{name}\b", plan)}
+    assert planned == {name for name, wanted in chunks.items() if wanted}, plan
+    await refresh_rollups(owner_conn, settings)

@@ -97,6 +97,121 @@ def rollup_span(span: TimeRange, bucket: timedelta, retention_days: int) -> Roll
     return RollupSpan(first_hour, last_hour, first_day, last_day)
 
 
+Ranges = list[tuple[datetime, datetime]]
+# How many ranges the rollup query reads from each source (sql/telemetry_read.sql,
+# aggregate_rollup, has one arm per range). aggregate_sources never needs more: with one raw
+# range there are at most 2 daily and 4 hourly ones.
+RAW_RANGES, HOURLY_RANGES, DAILY_RANGES = 4, 6, 3
+
+
+@dataclass(frozen=True)
+class AggregateSources:
+    """A window split into disjoint ranges that together cover it, each read from one
+    source: the raw rows, the hourly rollup or the daily rollup."""
+
+    raw: Ranges
+    hourly: Ranges
+    daily: Ranges
+
+
+def _merged(ranges: Ranges) -> Ranges:
+    """Sorted, with overlapping or touching ranges joined and empty ones dropped."""
+    out: Ranges = []
+    for lo, hi in sorted(r for r in ranges if r[0] < r[1]):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _minus(ranges: Ranges, cuts: Ranges) -> Ranges:
+    out: Ranges = []
+    cuts = _merged(cuts)
+    for lo, hi in _merged(ranges):
+        for cut_lo, cut_hi in cuts:
+            if cut_hi <= lo or cut_lo >= hi:
+                continue
+            if cut_lo > lo:
+                out.append((lo, cut_lo))
+            lo = max(lo, cut_hi)
+            if lo >= hi:
+                break
+        if lo < hi:
+            out.append((lo, hi))
+    return out
+
+
+def _close_smallest_gap(ranges: Ranges) -> Ranges:
+    """One range fewer: the two nearest ones joined (the hours between them read raw too)."""
+    gaps = [ranges[i + 1][0] - ranges[i][1] for i in range(len(ranges) - 1)]
+    i = gaps.index(min(gaps))
+    return [*ranges[:i], (ranges[i][0], ranges[i + 1][1]), *ranges[i + 2 :]]
+
+
+def aggregate_sources(span: TimeRange, rollups: RollupSpan, dirty: Ranges) -> AggregateSources:
+    """Raw rows for the window's edges outside [first_hour, last_hour) and for the `dirty`
+    hours (marked in telemetry_rollup_dirty: written since their last refresh); the daily
+    rollup for the whole days [first_day, last_day) without a raw hour; the hourly rollup
+    for the rest. When that takes more ranges than the query has arms, the nearest raw
+    ranges are joined: reading more raw rows is slower, never wrong."""
+    raw = _merged([(span.start, rollups.first_hour), *dirty, (rollups.last_hour, span.end)])
+    while True:
+        while len(raw) > RAW_RANGES:
+            raw = _close_smallest_gap(raw)
+        spoiled = [(_floor(lo, DAY), _ceil(hi, DAY)) for lo, hi in raw]
+        daily = _minus([(rollups.first_day, rollups.last_day)], spoiled)
+        hourly = _minus([(rollups.first_hour, rollups.last_hour)], raw + daily)
+        if (len(daily) <= DAILY_RANGES and len(hourly) <= HOURLY_RANGES) or len(raw) < 2:
+            return AggregateSources(raw, hourly, daily)
+        raw = _close_smallest_gap(raw)
+
+
+def _bounds(ranges: Ranges, slots: int) -> tuple[list[datetime], list[datetime]]:
+    assert len(ranges) <= slots, ranges
+    return [lo for lo, _ in ranges], [hi for _, hi in ranges]
+
+
+async def aggregate_rows(
+    conn: Any,
+    sql: dict[str, str],
+    device_id: UUID,
+    metric: str,
+    bucket: timedelta,
+    span: TimeRange,
+    flags: list[bool],
+    retention_days: int,
+) -> Any:
+    """The aggregate as one row: "items" (the buckets as JSON objects, comma-separated) and
+    "readable" (whether the tenant may read the device), from the rollups where they are
+    complete, else from the raw rows. `sql`: the telemetry_read queries; `flags`: avg, min,
+    max, sum, count wanted.
+
+    Two statements: the marked hours of the window first, then the buckets with every range
+    as constants, so that the planner prunes partitions and chunks (a join with the marks
+    would plan the raw rows over all of them). `conn` must be in a REPEATABLE READ
+    transaction, so both see the same snapshot."""
+    rollups = rollup_span(span, bucket, retention_days)
+    sources = None
+    if rollups is not None:
+        dirty = await conn.fetch(sql["rollup_dirty_ranges"], rollups.first_hour, rollups.last_hour)
+        sources = aggregate_sources(span, rollups, [(r["lo"], r["hi"]) for r in dirty])
+    if sources is None or not (sources.hourly or sources.daily):
+        return await conn.fetchrow(
+            sql["aggregate"], device_id, metric, bucket, span.start, span.end, *flags
+        )
+    return await conn.fetchrow(
+        sql["aggregate_rollup"],
+        device_id,
+        metric,
+        bucket,
+        *flags,
+        *_bounds(sources.raw, RAW_RANGES),
+        *_bounds(sources.hourly, HOURLY_RANGES),
+        *_bounds(sources.daily, DAILY_RANGES),
+    )
+
+
 class TelemetryReader:
     def __init__(self, platform: Platform, registry: DeviceRegistry) -> None:
         self._platform = platform
@@ -228,32 +343,12 @@ class TelemetryReader:
             )
         wanted = set(query.fn.split(","))
         flags = [fn in wanted for fn in FUNCTIONS]
-        rollups = rollup_span(span, bucket, self._retention_days)
-        async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
-            if rollups is not None:
-                found = await conn.fetchrow(
-                    self._sql["aggregate_rollup"],
-                    device_id,
-                    query.metric,
-                    bucket,
-                    span.start,
-                    span.end,
-                    *flags,
-                    rollups.first_hour,
-                    rollups.last_hour,
-                    rollups.first_day,
-                    rollups.last_day,
-                )
-            else:
-                found = await conn.fetchrow(
-                    self._sql["aggregate"],
-                    device_id,
-                    query.metric,
-                    bucket,
-                    span.start,
-                    span.end,
-                    *flags,
-                )
+        async with self._db.tenant_transaction(
+            principal.tenant_id, read=True, repeatable=True
+        ) as conn:
+            found = await aggregate_rows(
+                conn, self._sql, device_id, query.metric, bucket, span, flags, self._retention_days
+            )
         if not found["readable"]:
             raise NotFound("No such device.")
         head = orjson.dumps({"metric": query.metric, "bucket": query.bucket})[:-1]
