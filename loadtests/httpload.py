@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -18,7 +17,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
@@ -123,10 +121,6 @@ def start_hello_world(port: int, uvloop: bool = True) -> subprocess.Popen[bytes]
     process = subprocess.Popen(args)
     wait_http(f"http://127.0.0.1:{port}/")
     return process
-
-
-def median_of(results: list[LoadResult], attribute: Callable[[LoadResult], Any]) -> float:
-    return float(statistics.median(attribute(r) for r in results))
 
 
 def free_port() -> int:

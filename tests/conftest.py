@@ -254,7 +254,7 @@ def make_settings(database: str, **overrides: object) -> Settings:
         "argon2_memory_kib": 8192,
         "argon2_parallelism": 1,
         # Every test client is 127.0.0.1: per-address throttles are tested with their real
-        # limits in their own apps (tests/auth/test_throttling.py).
+        # limits in their own apps (tests/security/test_throttles.py).
         "login_max_failures": 1000,
         "register_max_per_ip": 1000,
     }

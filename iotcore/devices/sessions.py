@@ -37,10 +37,6 @@ class SessionKicker:
         }
         self._timeout = aiohttp.ClientTimeout(total=settings.emqx_api_timeout_s)
 
-    @property
-    def enabled(self) -> bool:
-        return self._url is not None
-
     async def kick(self, device_ids: list[UUID]) -> None:
         """Disconnect each device on EMQX. Best effort with a few retries: the credential is
         revoked already, so a session that escapes this cannot reconnect."""

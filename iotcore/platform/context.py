@@ -1,4 +1,5 @@
-"""The shared infrastructure one process holds: settings, database pools and Redis."""
+"""The shared infrastructure one process holds: settings, database pools, Redis and the
+named queries, built once at start and handed to every service."""
 
 from __future__ import annotations
 

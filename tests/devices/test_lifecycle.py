@@ -205,12 +205,6 @@ async def test_reset_returns_the_device_to_unclaimed_for_anyone(
     assert (await claim(client, bob, device)).status == 200
 
 
-class SignedAttack:
-    @staticmethod
-    async def post(client: Client, path: str, body: bytes, headers: dict[str, str]) -> Any:
-        return await client.post(path, data=body, headers=headers)
-
-
 async def test_expired_timestamp_is_refused(client: Client, settings: Settings) -> None:
     key_id, secret = factory_key(settings)
     path, body, headers = factory_client.factory_request(

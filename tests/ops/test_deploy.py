@@ -129,10 +129,6 @@ def test_emqx_has_a_tls_listener_with_limits() -> None:
         assert re.search(rf"^\s*{limit} = ", body, re.M), limit
 
 
-def _requirement_name(spec: str) -> str:
-    return canonicalize_name(Requirement(spec).name)
-
-
 def test_the_image_installs_from_a_hashed_lock_matching_pyproject() -> None:
     dockerfile = (REPO_ROOT / "ops/Dockerfile").read_text()
     assert "--require-hashes -r requirements.lock" in dockerfile

@@ -70,10 +70,6 @@ def subscribe_packet(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
     return b"\x82" + _length(len(body)) + body
 
 
-def puback_packet(packet_id: int) -> bytes:
-    return struct.pack("!BBH", 0x40, 2, packet_id)
-
-
 @dataclass(frozen=True)
 class Packet:
     kind: int

@@ -191,8 +191,8 @@ async def test_rate_limit_429_with_retry_after_then_accepted(app_with: Any) -> N
 
 
 async def test_rate_limits_charge_each_reading_with_a_floor_per_request(app_with: Any) -> None:
-    """1,000 points x 100 metrics used to cost one token: now every reading counts, and a
-    request carrying fewer than the floor still costs the floor."""
+    """Every reading costs a token (1,000 points x 100 metrics are not one request's
+    worth), and a request carrying fewer than the floor still costs the floor."""
     client = await app_with(
         rate_limit_device_per_s=0.001, rate_limit_device_burst=20, rate_limit_request_floor=4
     )

@@ -247,10 +247,6 @@ def connack(session_present: bool, code: int) -> bytes:
     return bytes((0x20, 2, 1 if session_present and code == ACCEPTED else 0, code))
 
 
-def puback(packet_id: int) -> bytes:
-    return _ACK.pack(0x40, 2, packet_id)
-
-
 def pubacks(packet_ids: list[int]) -> bytes:
     return b"".join([_ACK.pack(0x40, 2, packet_id) for packet_id in packet_ids])
 

@@ -29,13 +29,6 @@ class PayloadRejected(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Reading:
-    metric: str
-    ts: datetime
-    value: float
-
-
 @dataclass
 class Point:
     ts: datetime
@@ -47,10 +40,6 @@ class ParsedPayload:
     points: list[Point] = field(default_factory=list)
     rejects: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
     tenant_id: str | None = None
-
-    @property
-    def readings(self) -> list[Reading]:
-        return [Reading(m, p.ts, v) for p in self.points for m, v in p.metrics.items()]
 
 
 def _parse_ts(raw: Any, received_at: datetime) -> datetime:

@@ -313,17 +313,16 @@ def _cut(feed: _Feed, queue: asyncio.Queue[Entry | None]) -> None:
 
 def _events(entry_id: bytes, fields: dict[bytes, bytes], device_ids: set[str]) -> bytes:
     """The SSE events of one stream entry: the writer adds one entry per tenant and batch
-    ("b", a list of points; "p", one point, from before batching); other events ("e": the
-    kind, "d": its JSON) are one entry each. The entry id goes on
-    the entry's last event only: a client cut off inside an entry resumes from the previous
-    entry and gets this one whole again, so nothing is skipped."""
+    ("b", its list of points); other events ("e": the kind, "d": its JSON) are one entry
+    each. The entry id goes on the entry's last event only: a client cut off inside an entry
+    resumes from the previous entry and gets this one whole again, so nothing is skipped."""
     if b"e" in fields:  # one event of another kind (derived.publish_event)
         data = fields[b"d"]
         device = orjson.loads(data).get("device_id")
         if device_ids and device not in device_ids:
             return b""
         return b"id: " + entry_id + b"\nevent: " + fields[b"e"] + b"\ndata: " + data + b"\n\n"
-    points = orjson.loads(fields[b"b"]) if b"b" in fields else [orjson.loads(fields[b"p"])]
+    points = orjson.loads(fields[b"b"])
     events = []
     for point in points:
         if device_ids and point["device_id"] not in device_ids:
