@@ -23,24 +23,10 @@ WITH batch AS (
 )
 SELECT count(*) AS deleted, min(ts) AS first_ts, max(ts) AS last_ts FROM gone
 
--- name: delete_tenant_telemetry
--- The catch-all after the known devices: any reading left with the tenant's id.
-WITH batch AS (
-    SELECT device_id, metric, ts FROM telemetry WHERE tenant_id = $1 LIMIT $2
-), gone AS (
-    DELETE FROM telemetry t USING batch b
-    WHERE t.device_id = b.device_id AND t.metric = b.metric AND t.ts = b.ts
-    RETURNING t.ts
-), marked AS (
-    -- The rollups' hours (migrations/0012): refreshed without these rows by maintain.
-    INSERT INTO telemetry_rollup_dirty AS d (tenant_id, hour)
-    SELECT DISTINCT $1::uuid,
-           date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')
-    FROM gone
-    ORDER BY 2
-    ON CONFLICT (tenant_id, hour) DO UPDATE SET version = d.version + 1
-)
-SELECT count(*) AS deleted, min(ts) AS first_ts, max(ts) AS last_ts FROM gone
+-- name: telemetry_leftover_device
+-- The catch-all after the known devices: a device of any reading left with the tenant's id
+-- (its readings then go by delete_device_telemetry).
+SELECT device_id FROM telemetry WHERE tenant_id = $1 LIMIT 1
 
 -- name: telemetry_devices
 -- Devices whose readings a tenant may hold: claimed now, with latest values, released by a

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from uuid import UUID
-
 from aiohttp import web
 
 from iotcore.auth.api_keys import ApiKeys, is_api_key
@@ -26,10 +24,10 @@ from iotcore.auth.schemas import (
 )
 from iotcore.auth.service import AuthService, Caller
 from iotcore.platform.context import PLATFORM_KEY
-from iotcore.platform.errors import Forbidden, NotFound, Unauthenticated
+from iotcore.platform.errors import Forbidden, Unauthenticated
 from iotcore.platform.http.caller import ascii_header, client_ip
 from iotcore.platform.http.endpoints import Endpoint
-from iotcore.platform.http.parsing import parse_body
+from iotcore.platform.http.parsing import parse_body, path_id
 from iotcore.platform.http.responses import json_response
 from iotcore.platform.pagination import ListQuery
 
@@ -101,28 +99,19 @@ async def list_users(request: web.Request, query: ListQuery) -> web.Response:
     return json_response(UserList(items=items, next_cursor=next_cursor))
 
 
-def _path_id(request: web.Request, name: str, what: str) -> UUID:
-    try:
-        return UUID(request.match_info[name])
-    except ValueError as exc:
-        raise NotFound(f"No such {what}.") from exc
-
-
-def _user_id(request: web.Request) -> UUID:
-    return _path_id(request, "user_id", "user")
-
-
 async def patch_user(request: web.Request, body: UserPatch) -> web.Response:
     principal = await require_user(request, "admin")
     user = await _service(request).change_role(
-        principal, _user_id(request), body.role, _caller(request)
+        principal, path_id(request, "user_id", "user"), body.role, _caller(request)
     )
     return json_response(user)
 
 
 async def delete_user(request: web.Request) -> web.Response:
     principal = await require_user(request, "admin")
-    await _service(request).delete_user(principal, _user_id(request), _caller(request))
+    await _service(request).delete_user(
+        principal, path_id(request, "user_id", "user"), _caller(request)
+    )
     return web.Response(status=204)
 
 
@@ -161,7 +150,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
         else RotateApiKeyRequest()
     )
     created = await _api_keys(request).rotate(
-        principal, _path_id(request, "api_key_id", "API key"), body.grace_s, _caller(request)
+        principal, path_id(request, "api_key_id", "API key"), body.grace_s, _caller(request)
     )
     return json_response(created, status=201)
 
@@ -169,7 +158,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
 async def revoke_api_key(request: web.Request) -> web.Response:
     principal = await require_user(request, "admin")
     await _api_keys(request).revoke(
-        principal, _path_id(request, "api_key_id", "API key"), _caller(request)
+        principal, path_id(request, "api_key_id", "API key"), _caller(request)
     )
     return web.Response(status=204)
 

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from uuid import UUID
@@ -35,6 +34,7 @@ import orjson
 
 from iotcore.commands.service import CommandService
 from iotcore.config import Settings
+from iotcore.platform.backoff import Backoff
 from iotcore.platform.context import Platform
 from iotcore.platform.shutdown import stop_task
 
@@ -89,7 +89,7 @@ class CommandListener:
             log.warning("unreadable notification", extra={"channel": channel})
 
     async def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 15.0)
         while True:
             conn = None
             try:
@@ -101,7 +101,7 @@ class CommandListener:
                 await conn.add_listener(COMMANDS_CHANNEL, self._notified)
                 await conn.add_listener(PRESENCE_CHANNEL, self._notified)
                 self.listening.set()
-                delay = 0.5
+                backoff.reset()
                 await self._on_resync()
                 while not lost.done():
                     # A dead server is noticed by the next query, not by the idle socket.
@@ -118,8 +118,7 @@ class CommandListener:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=2)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 15)
+            await backoff.wait()
 
 
 class Delivery:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from uuid import UUID
-
 from aiohttp import web
 
 from iotcore.auth.routes import require_user
@@ -15,10 +13,9 @@ from iotcore.commands.schemas import (
     CommandRequest,
 )
 from iotcore.commands.service import CommandService
-from iotcore.devices.registry import parse_uuid
 from iotcore.platform.context import PLATFORM_KEY
-from iotcore.platform.errors import NotFound
 from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.parsing import path_id
 from iotcore.platform.http.responses import json_response
 
 TAG = "commands"
@@ -29,17 +26,10 @@ def _service(request: web.Request) -> CommandService:
     return request.app[COMMAND_SERVICE_KEY]
 
 
-def _path_id(request: web.Request, name: str, what: str) -> UUID:
-    value = parse_uuid(request.match_info[name])
-    if value is None:
-        raise NotFound(f"No such {what}.")
-    return value
-
-
 async def create_command(request: web.Request, body: CommandRequest) -> web.Response:
     principal = await require_user(request, "admin")
     accepted = await _service(request).create(
-        principal, _path_id(request, "device_id", "device"), body
+        principal, path_id(request, "device_id", "device"), body
     )
     return json_response(accepted, status=202)
 
@@ -47,7 +37,7 @@ async def create_command(request: web.Request, body: CommandRequest) -> web.Resp
 async def list_commands(request: web.Request, query: CommandListQuery) -> web.Response:
     principal = await require_user(request)
     items, cursor = await _service(request).page(
-        principal, _path_id(request, "device_id", "device"), query.status, query.limit, query.cursor
+        principal, path_id(request, "device_id", "device"), query.status, query.limit, query.cursor
     )
     return json_response(CommandList(items=items, next_cursor=cursor))
 
@@ -56,8 +46,8 @@ async def get_command(request: web.Request) -> web.Response:
     principal = await require_user(request)
     command = await _service(request).get(
         principal,
-        _path_id(request, "device_id", "device"),
-        _path_id(request, "command_id", "command"),
+        path_id(request, "device_id", "device"),
+        path_id(request, "command_id", "command"),
     )
     return json_response(command)
 

@@ -27,13 +27,13 @@ from iotcore.commands.schemas import (
     Reply,
     command_out,
 )
-from iotcore.devices.registry import parse_uuid
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import NotFound
 from iotcore.platform.http.parsing import nul_characters
 from iotcore.platform.metrics import COMMAND_REPLIES_REJECTED, COMMAND_ROUND_TRIP, COMMANDS
 from iotcore.platform.pagination import decode_keyset, keyset_page
 from iotcore.platform.redis import Redis
+from iotcore.platform.types import parse_uuid
 from iotcore.telemetry.derived import publish_event
 
 log = logging.getLogger("iotcore.commands")

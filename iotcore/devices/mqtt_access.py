@@ -7,8 +7,9 @@ import hmac
 from typing import Any
 from uuid import UUID
 
-from iotcore.devices.registry import DeviceIdentity, DeviceRegistry, parse_uuid
+from iotcore.devices.registry import DeviceIdentity, DeviceRegistry
 from iotcore.platform.context import Platform
+from iotcore.platform.types import parse_uuid
 
 PROBE_PREFIX = "iotcore/probe"  # the ingest account's shared-subscription probe
 STATUS_FILTER = "tenants/+/devices/+/status"  # every device's status, for presence

@@ -24,12 +24,11 @@ from uuid import UUID
 
 import orjson
 
-from iotcore.devices.registry import parse_uuid
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import PRESENCE_EVENTS
 from iotcore.platform.redis import Redis
 from iotcore.platform.shutdown import cancelling, stop_tasks
-from iotcore.platform.types import rfc3339_ms
+from iotcore.platform.types import parse_uuid, rfc3339_ms
 from iotcore.telemetry.derived import publish_event
 
 log = logging.getLogger("iotcore.presence")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hmac
-from uuid import UUID
 
 from aiohttp import web
 
 from iotcore.auth.routes import require_user
 from iotcore.devices.mqtt_access import MqttAccess
 from iotcore.devices.presence import Presence, PresenceEvent, from_ms
-from iotcore.devices.registry import DeviceRegistry, parse_uuid
+from iotcore.devices.registry import DeviceRegistry
 from iotcore.devices.schemas import (
     Accepted,
     AuthnHookRequest,
@@ -33,11 +32,12 @@ from iotcore.devices.schemas import (
 from iotcore.devices.service import DeviceService
 from iotcore.devices.verification import SignedRequest
 from iotcore.platform.context import PLATFORM_KEY
-from iotcore.platform.errors import NotFound, Unauthenticated
+from iotcore.platform.errors import Unauthenticated
 from iotcore.platform.http.caller import ascii_header, client_ip
 from iotcore.platform.http.endpoints import Endpoint
-from iotcore.platform.http.parsing import parse_body, read_body
+from iotcore.platform.http.parsing import parse_body, path_id, read_body
 from iotcore.platform.http.responses import json_response
+from iotcore.platform.types import parse_uuid
 
 TAG = "devices"
 DENY = {"result": "deny"}
@@ -50,13 +50,6 @@ PRESENCE_KEY = web.AppKey("presence", Presence)
 
 def _service(request: web.Request) -> DeviceService:
     return request.app[DEVICE_SERVICE_KEY]
-
-
-def _device_id(request: web.Request) -> UUID:
-    device_id = parse_uuid(request.match_info["device_id"])
-    if device_id is None:
-        raise NotFound("No such device.")
-    return device_id
 
 
 async def _signed(request: web.Request) -> SignedRequest:
@@ -107,26 +100,34 @@ async def list_devices(request: web.Request, query: DeviceListQuery) -> web.Resp
 
 async def get_device(request: web.Request) -> web.Response:
     principal = await require_user(request)
-    return json_response(await _service(request).get(principal, _device_id(request)))
+    return json_response(
+        await _service(request).get(principal, path_id(request, "device_id", "device"))
+    )
 
 
 async def patch_device(request: web.Request, body: DevicePatch) -> web.Response:
     principal = await require_user(request, "admin")
     device = await _service(request).patch(
-        principal, _device_id(request), body.model_fields_set, body.name, body.labels
+        principal,
+        path_id(request, "device_id", "device"),
+        body.model_fields_set,
+        body.name,
+        body.labels,
     )
     return json_response(device)
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
     principal = await require_user(request, "admin")
-    device = await _service(request).rotate(principal, _device_id(request), client_ip(request))
+    device = await _service(request).rotate(
+        principal, path_id(request, "device_id", "device"), client_ip(request)
+    )
     return json_response(device, status=202)
 
 
 async def reset_device(request: web.Request, body: ResetRequest) -> web.Response:
     principal = await require_user(request, "admin")
-    device_id = _device_id(request)
+    device_id = path_id(request, "device_id", "device")
     await _service(request).reset(principal, device_id, client_ip(request))
     return json_response(Accepted(device_id=device_id, status="unclaimed"))
 

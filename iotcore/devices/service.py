@@ -12,7 +12,7 @@ from iotcore.auth.audit import AuditLog
 from iotcore.auth.principal import UserPrincipal
 from iotcore.devices import signing
 from iotcore.devices.mqtt_access import topic_base
-from iotcore.devices.registry import DeviceRegistry, hash_secret, parse_uuid
+from iotcore.devices.registry import DeviceRegistry, hash_secret
 from iotcore.devices.schemas import (
     BootstrapResponse,
     DeviceOut,
@@ -32,6 +32,7 @@ from iotcore.platform.errors import (
 )
 from iotcore.platform.pagination import decode_keyset, encode_keyset
 from iotcore.platform.ratelimit import AttemptLimiter, Limit
+from iotcore.platform.types import parse_uuid
 from iotcore.telemetry.derived import clear_device_state
 
 log = logging.getLogger("iotcore.devices")

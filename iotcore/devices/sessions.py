@@ -21,6 +21,7 @@ from uuid import UUID
 import aiohttp
 
 from iotcore.config import Settings
+from iotcore.platform.backoff import Backoff
 from iotcore.platform.metrics import SESSION_KICKS
 
 log = logging.getLogger("iotcore.devices.sessions")
@@ -47,6 +48,7 @@ class SessionKicker:
 
     async def _kick_one(self, http: aiohttp.ClientSession, client_id: str) -> None:
         url = f"{self._url}/api/v5/clients/{quote(client_id, safe='')}"
+        backoff = Backoff(0.2, 1.6)
         for attempt in range(ATTEMPTS):
             try:
                 async with http.delete(url) as response:
@@ -57,5 +59,5 @@ class SessionKicker:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("EMQX kick failed", extra={"error": type(exc).__name__})
             if attempt + 1 < ATTEMPTS:
-                await asyncio.sleep(0.2 * 2**attempt)
+                await backoff.wait()
         SESSION_KICKS.labels("failed").inc()

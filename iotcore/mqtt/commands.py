@@ -17,9 +17,9 @@ from paho.mqtt.properties import Properties
 from iotcore.commands.dispatch import Delivery
 from iotcore.commands.schemas import delivery_payload
 from iotcore.devices.mqtt_access import REPLIES_FILTER, topic_base
-from iotcore.devices.registry import parse_uuid
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import COMMAND_REPLIES_REJECTED
+from iotcore.platform.types import parse_uuid
 
 log = logging.getLogger("iotcore.ingest")
 # A `sent` command without an answer is sent again on the device's next connect, at most

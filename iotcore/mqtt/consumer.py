@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from iotcore.config import Settings
 from iotcore.devices.registry import DeviceRegistry
 from iotcore.mqtt.commands import ExternalDelivery, is_reply, replies_subscription
 from iotcore.mqtt.status import StatusWatcher
+from iotcore.platform.backoff import Backoff
 from iotcore.platform.context import Platform
 from iotcore.platform.shutdown import stop_task
 from iotcore.telemetry.ingest.service import TelemetryIngest
@@ -323,7 +323,7 @@ class Consumer:
             if not is_reply(message.topic):
                 others.append(message)
                 continue
-            delay = 0.1
+            backoff = Backoff(0.1, 5.0)
             while True:
                 try:
                     await self.commands.reply(message.topic, bytes(message.payload))
@@ -332,8 +332,7 @@ class Consumer:
                     if not is_transient(exc):  # it would fail the same way forever
                         log.exception("command reply refused by the database; dropped")
                         break
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 5.0)
+                    await backoff.wait()
             if message.qos == 1:
                 ack_all(paho, [message.mid])
         return others
@@ -341,7 +340,7 @@ class Consumer:
     async def _submission(self, topic: str, payload: bytes) -> Submission:
         """Checking the device needs Postgres (or the cache): while it is away, wait and
         retry, holding the stream (and the acks) rather than dropping the message."""
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 return await self._ingest.from_mqtt(topic, payload)
@@ -349,22 +348,20 @@ class Consumer:
                 if not is_transient(exc):
                     raise
                 log.warning("device check failed; retrying", extra={"error": type(exc).__name__})
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                await backoff.wait()
 
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             try:
                 inbox = self.inbox = Inbox(self._settings.ingest_receive_maximum)
                 async with self._client(inbox) as client:
-                    delay = 0.5
+                    backoff.reset()
                     await self._consume(client, inbox)
             except aiomqtt.MqttError as exc:
                 self.connected = False
                 log.warning("mqtt connection lost; reconnecting", extra={"error": str(exc)})
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 30)
+            await backoff.wait()
 
     async def start(self) -> None:
         self.commands.start()

@@ -17,6 +17,7 @@ import aiomqtt
 
 from iotcore.config import Settings
 from iotcore.devices.mqtt_access import PROBE_PREFIX
+from iotcore.platform.backoff import Backoff
 
 log = logging.getLogger("iotcore.ingest")
 CONNECT_ATTEMPTS = 10
@@ -32,6 +33,7 @@ async def check_shared_subscriptions(settings: Settings, timeout_s: float = 5) -
     url = urlsplit(settings.mqtt_url)
     token = secrets.token_hex(8)
     topic = f"{PROBE_PREFIX}/{token}"
+    backoff = Backoff(0.5, 10.0)
     for attempt in range(CONNECT_ATTEMPTS):
         try:
             async with aiomqtt.Client(
@@ -62,7 +64,7 @@ async def check_shared_subscriptions(settings: Settings, timeout_s: float = 5) -
             if attempt + 1 == CONNECT_ATTEMPTS:
                 raise
             log.warning("shared-subscription probe: broker unreachable", extra={"error": str(exc)})
-            await asyncio.sleep(min(2**attempt * 0.5, 10))
+            await backoff.wait()
 
 
 def _failed(code: object) -> bool:

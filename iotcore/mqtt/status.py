@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -23,6 +22,7 @@ import aiomqtt
 
 from iotcore.devices.mqtt_access import STATUS_FILTER
 from iotcore.devices.presence import Presence, PresenceEvent, now_ms, parse_status, status_topic
+from iotcore.platform.backoff import Backoff
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import PRESENCE_EVENTS
 from iotcore.platform.shutdown import stop_task
@@ -65,13 +65,13 @@ class StatusWatcher:
         return await self._presence.apply(event)
 
     async def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             try:
                 async with self._client() as client:
                     await client.subscribe(STATUS_FILTER, qos=1)
                     self.subscribed.set()
-                    delay = 0.5
+                    backoff.reset()
                     async for message in client.messages:
                         payload = message.payload
                         raw = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -84,8 +84,7 @@ class StatusWatcher:
             except aiomqtt.MqttError as exc:
                 self.subscribed.clear()
                 log.warning("status subscription lost; reconnecting", extra={"error": str(exc)})
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 30)
+            await backoff.wait()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="presence-status")

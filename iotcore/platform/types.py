@@ -1,11 +1,25 @@
-"""Field types shared by the API models."""
+"""Field types and value parsers shared across the API: ids, times."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
+from uuid import UUID
 
 from pydantic import PlainSerializer, WithJsonSchema
+
+# Only the canonical form (lowercase, hyphenated): one device has one spelling, so ids used
+# as cache, replay or session keys cannot be varied to dodge them.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def parse_uuid(text: str) -> UUID | None:
+    """The UUID written in canonical form, else None."""
+    if not isinstance(text, str) or _CANONICAL_UUID.fullmatch(text) is None:
+        return None
+    return UUID(text)
+
 
 # The times the API takes in (query windows, cursors): well inside both Python's and
 # PostgreSQL's ranges, so arithmetic on them (margins, buckets) cannot overflow either.

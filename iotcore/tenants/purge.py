@@ -96,8 +96,10 @@ class Purges:
 
     async def _delete_telemetry(
         self, ctx: JobContext, tenant_id: UUID, device_id: UUID, before: datetime | None
-    ) -> None:
+    ) -> int:
+        """Delete in batches until a batch comes back short; returns how many were deleted."""
         batch = ctx.settings.purge_batch_rows
+        total = 0
         while True:
 
             async def work(conn: Connection) -> int:
@@ -108,15 +110,16 @@ class Purges:
                 _widen(ctx, row["first_ts"], row["last_ts"])
                 return int(row["deleted"])
 
-            if await ctx.step(work) < batch:
-                return
+            deleted: int = await ctx.step(work)
+            total += deleted
+            if deleted < batch:
+                return total
             await ctx.pause()
 
     # ------------------------------------------------------------------ a whole tenant
 
     async def purge_tenant(self, ctx: JobContext) -> None:
         tenant_id = _tenant(ctx)
-        batch = ctx.settings.purge_batch_rows
         progress = _start(ctx, TENANT_PHASES)
         await self._finish_pending_devices(ctx)
         if progress["phase"] == "devices":
@@ -130,11 +133,11 @@ class Purges:
                 ]
             for device_id in devices:
                 await self._delete_telemetry(ctx, tenant_id, device_id, None)
-            await self._repeat(
-                ctx,
-                "telemetry",
-                lambda conn: conn.fetchval(self._sql["delete_tenant_telemetry"], tenant_id, batch),
-            )
+            while True:
+                async with ctx.pool.acquire() as conn:
+                    left = await conn.fetchval(self._sql["telemetry_leftover_device"], tenant_id)
+                if left is None or not await self._delete_telemetry(ctx, tenant_id, left, None):
+                    break
             await self._next_phase(ctx)
         if progress["phase"] == "tables":
             async with ctx.pool.acquire() as conn:

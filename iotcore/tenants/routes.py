@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from uuid import UUID
-
 from aiohttp import web
 
 from iotcore.auth.routes import require_user
 from iotcore.platform.context import PLATFORM_KEY
-from iotcore.platform.errors import NotFound
 from iotcore.platform.http.caller import client_ip
 from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.parsing import path_id
 from iotcore.platform.http.responses import json_response
 from iotcore.tenants.schemas import DeleteTenantRequest, JobAccepted, JobOut, PurgeDeviceRequest
 from iotcore.tenants.service import TenantService
@@ -22,13 +20,6 @@ def _service(request: web.Request) -> TenantService:
     return request.app[TENANT_SERVICE_KEY]
 
 
-def _path_id(request: web.Request, name: str, what: str) -> UUID:
-    try:
-        return UUID(request.match_info[name])
-    except ValueError as exc:
-        raise NotFound(f"No such {what}.") from exc
-
-
 async def delete_tenant(request: web.Request, body: DeleteTenantRequest) -> web.Response:
     principal = await require_user(request, "owner")
     job_id = await _service(request).delete_tenant(principal, body.confirmation, client_ip(request))
@@ -38,14 +29,14 @@ async def delete_tenant(request: web.Request, body: DeleteTenantRequest) -> web.
 async def purge_device(request: web.Request, body: PurgeDeviceRequest) -> web.Response:
     principal = await require_user(request, "admin")
     job_id = await _service(request).purge_device(
-        principal, _path_id(request, "device_id", "device"), body.before, client_ip(request)
+        principal, path_id(request, "device_id", "device"), body.before, client_ip(request)
     )
     return json_response(JobAccepted(job_id=job_id), status=202)
 
 
 async def get_job(request: web.Request) -> web.Response:
     principal = await require_user(request)
-    job = await _service(request).job(principal, _path_id(request, "job_id", "job"))
+    job = await _service(request).job(principal, path_id(request, "job_id", "job"))
     return json_response(JobOut(**job))
 
 

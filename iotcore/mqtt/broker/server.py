@@ -40,7 +40,7 @@ from iotcore.devices.presence import (
     now_ms,
     parse_status,
 )
-from iotcore.devices.registry import DeviceIdentity, DeviceLogin, DeviceRegistry, parse_uuid
+from iotcore.devices.registry import DeviceIdentity, DeviceLogin, DeviceRegistry
 from iotcore.mqtt.broker import packets
 from iotcore.mqtt.broker.commands import EmbeddedDelivery
 from iotcore.mqtt.broker.connection import Ack, Connection
@@ -49,6 +49,7 @@ from iotcore.mqtt.broker.topics import RetainedStore, SubscriptionTree
 from iotcore.platform.context import Platform
 from iotcore.platform.metrics import BROKER_CONNECTIONS, BROKER_REFUSED
 from iotcore.platform.shutdown import stop_tasks
+from iotcore.platform.types import parse_uuid
 from iotcore.telemetry.ingest.service import TelemetryIngest
 from iotcore.telemetry.ingest.writer import Outcome, Submission, TelemetryWriter, WriteResult
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import typing
 from functools import cache
 from typing import Any, TypeVar
+from uuid import UUID
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from iotcore.platform import errors
+from iotcore.platform.types import parse_uuid
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -95,3 +97,12 @@ def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
         if key in query:
             data[key] = query.getall(key) if repeats else query[key]
     return validate(model, data)
+
+
+def path_id(request: web.Request, name: str, what: str) -> UUID:
+    """The id in the path parameter `name`, in canonical form; anything else names nothing
+    here: 404 "No such {what}."."""
+    value = parse_uuid(request.match_info[name])
+    if value is None:
+        raise errors.NotFound(f"No such {what}.")
+    return value

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from iotcore.devices.registry import DeviceIdentity, DeviceRegistry, parse_uuid
+from iotcore.devices.registry import DeviceIdentity, DeviceRegistry
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import (
     ApiError,
@@ -23,6 +23,7 @@ from iotcore.platform.errors import (
 )
 from iotcore.platform.metrics import INGEST_REJECTS, RATE_LIMITED
 from iotcore.platform.ratelimit import Bucket, TokenBuckets
+from iotcore.platform.types import parse_uuid
 from iotcore.telemetry.ingest.payload import PayloadParser, PayloadRejected
 from iotcore.telemetry.ingest.store import Reject, Submission
 from iotcore.telemetry.ingest.writer import TelemetryWriter

@@ -9,12 +9,13 @@ from aiohttp import web
 
 from iotcore.auth.principal import UserPrincipal
 from iotcore.auth.routes import require_user
-from iotcore.devices.registry import parse_uuid
 from iotcore.devices.routes import DEVICE_REGISTRY_KEY
 from iotcore.platform.context import PLATFORM_KEY
 from iotcore.platform.errors import NotFound
 from iotcore.platform.http.endpoints import Endpoint
+from iotcore.platform.http.parsing import path_id
 from iotcore.platform.http.responses import json_response
+from iotcore.platform.types import parse_uuid
 from iotcore.telemetry.read.schemas import (
     Aggregate,
     AggregateQuery,
@@ -30,13 +31,6 @@ from iotcore.telemetry.read.stream import LIVE_STREAM_KEY, TICKET_TTL_S, LiveStr
 
 TAG = "telemetry"
 CACHE_CONTROL = {"Cache-Control": "private, max-age=60"}
-
-
-def _device_id(request: web.Request) -> UUID:
-    device_id = parse_uuid(request.match_info["device_id"])
-    if device_id is None:
-        raise NotFound("No such device.")
-    return device_id
 
 
 def _reader(request: web.Request) -> TelemetryReader:
@@ -83,13 +77,13 @@ async def _with_etag(
 
 async def metrics(request: web.Request) -> web.Response:
     principal = await require_user(request)
-    items = await _reader(request).metrics(principal, _device_id(request))
+    items = await _reader(request).metrics(principal, path_id(request, "device_id", "device"))
     return json_response(MetricList.model_validate({"items": items}))
 
 
 async def raw(request: web.Request, query: RawQuery) -> web.Response:
     principal = await require_user(request)
-    device_id = _device_id(request)
+    device_id = path_id(request, "device_id", "device")
     span = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
     return await _with_etag(
         request,
@@ -102,12 +96,14 @@ async def raw(request: web.Request, query: RawQuery) -> web.Response:
 
 async def latest(request: web.Request) -> web.Response:
     principal = await require_user(request)
-    return json_response(await _reader(request).latest(principal, _device_id(request)))
+    return json_response(
+        await _reader(request).latest(principal, path_id(request, "device_id", "device"))
+    )
 
 
 async def aggregate(request: web.Request, query: AggregateQuery) -> web.Response:
     principal = await require_user(request)
-    device_id = _device_id(request)
+    device_id = path_id(request, "device_id", "device")
     span = time_range(query, request.app[PLATFORM_KEY].settings.telemetry_max_range_days)
     return await _with_etag(
         request,
