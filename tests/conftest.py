@@ -19,18 +19,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from iotcore.app import create_app
 from iotcore.config import Settings
 from iotcore.platform.context import Platform
+from iotcore.platform.http.server import ApiRunner
 from iotcore.platform.migrations import Migrator
 from tests.containers import docker_engine_available, start_containers
 from tests.support import watchdog
@@ -82,7 +85,7 @@ def free_port() -> int:
         return port
 
 
-async def _admin(sql: str) -> None:
+async def owner_execute(sql: str) -> None:
     conn = await asyncpg.connect(OWNER_URL)
     try:
         await conn.execute(sql)
@@ -97,7 +100,7 @@ async def _drop_database(name: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await owner_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             return
         except asyncpg.InsufficientPrivilegeError:
             if await _drop_as_superuser(name):
@@ -147,7 +150,7 @@ async def _close_template(database: str) -> None:
     CREATE DATABASE ... TEMPLATE refuses a source with other sessions: the template stops
     accepting connections (the launcher skips such databases) and the scheduler already
     connected is ended."""
-    await _admin(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
+    await owner_execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
     try:
         conn = await asyncpg.connect(with_database(SUPERUSER_URL, "postgres"))
     except (OSError, asyncpg.PostgresError):
@@ -166,7 +169,7 @@ async def _copy_template(template: str, name: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            await _admin(f"CREATE DATABASE {name} TEMPLATE {template}")
+            await owner_execute(f"CREATE DATABASE {name} TEMPLATE {template}")
             return
         except asyncpg.ObjectInUseError:
             if time.monotonic() > deadline:
@@ -178,7 +181,7 @@ async def _copy_template(template: str, name: str) -> None:
 def template_database() -> Iterator[str]:
     """A database migrated to head once; every module's database is copied from it."""
     name = f"iotcore_tpl_{RUN_ID}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    asyncio.run(owner_execute(f"CREATE DATABASE {name}"))
     asyncio.run(_enable_timescaledb(name))
     try:
         Migrator(with_database(OWNER_URL, name), REPO_ROOT / "migrations").up()
@@ -286,6 +289,39 @@ async def client(settings: Settings, platform: Platform) -> AsyncIterator[TestCl
     app = create_app(settings, platform)
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
+
+
+class ApiTestServer(TestServer):
+    """Serves the app with the production runner (timeouts, parser-error envelope, banner)."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        super().__init__(app)
+        self._settings = settings
+
+    async def _make_runner(self, **kwargs: Any) -> ApiRunner:
+        return ApiRunner(self.app, self._settings)
+
+
+ApiFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
+
+
+@pytest_asyncio.fixture
+async def api_with(database: str) -> AsyncIterator[ApiFactory]:
+    """`await api_with(**settings)`: a client of a fresh API with these settings (on the
+    module's database), served as in production; `client.settings` holds them."""
+    clients: list[TestClient] = []  # type: ignore[type-arg]
+
+    async def build(**overrides: Any) -> TestClient:  # type: ignore[type-arg]
+        settings = make_settings(database, **overrides)
+        client = TestClient(ApiTestServer(create_app(settings), settings))
+        await client.start_server()
+        client.settings = settings  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        await client.close()
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -6,39 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from argon2 import PasswordHasher
 
-from iotcore.app import create_app
 from iotcore.platform.logging import JsonFormatter
-from tests.conftest import make_settings
+from tests.conftest import ApiFactory
 from tests.support.users import PASSWORD, register, unique_email
 
 Client = TestClient  # type: ignore[type-arg]
-AppFactory = Callable[..., Awaitable[Client]]
 
 
-@pytest.fixture
-async def app_with(database: str) -> AsyncIterator[AppFactory]:
-    clients: list[Client] = []
-
-    async def build(**overrides: Any) -> Client:
-        client = TestClient(TestServer(create_app(make_settings(database, **overrides))))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield build
-    for client in clients:
-        await client.close()
-
-
-async def test_failed_logins_are_throttled_with_retry_after(app_with: AppFactory) -> None:
-    client = await app_with(
+async def test_failed_logins_are_throttled_with_retry_after(api_with: ApiFactory) -> None:
+    client = await api_with(
         login_max_failures=5, login_window_s=60, redis_prefix=f"iottest:{uuid.uuid4().hex}:"
     )
     user = await register(client)
@@ -55,8 +36,8 @@ async def test_failed_logins_are_throttled_with_retry_after(app_with: AppFactory
     assert 1 <= int(blocked.headers["Retry-After"]) <= 60
 
 
-async def test_throttle_window_ends(app_with: AppFactory) -> None:
-    client = await app_with(
+async def test_throttle_window_ends(api_with: ApiFactory) -> None:
+    client = await api_with(
         login_max_failures=2, login_window_s=1, redis_prefix=f"iottest:{uuid.uuid4().hex}:"
     )
     user = await register(client)
@@ -76,8 +57,8 @@ async def test_throttle_window_ends(app_with: AppFactory) -> None:
     assert ok.status == 200
 
 
-async def test_registrations_are_throttled_per_address(app_with: AppFactory) -> None:
-    client = await app_with(register_max_per_ip=2, redis_prefix=f"iottest:{uuid.uuid4().hex}:")
+async def test_registrations_are_throttled_per_address(api_with: ApiFactory) -> None:
+    client = await api_with(register_max_per_ip=2, redis_prefix=f"iottest:{uuid.uuid4().hex}:")
     statuses = []
     for _ in range(3):
         response = await client.post(
@@ -89,14 +70,14 @@ async def test_registrations_are_throttled_per_address(app_with: AppFactory) -> 
 
 
 async def test_key_rotation_keeps_tokens_working_until_the_old_key_is_dropped(
-    app_with: AppFactory,
+    api_with: ApiFactory,
 ) -> None:
     old, new = "old-key-" + "a" * 40, "new-key-" + "b" * 40
-    before = await app_with(jwt_keys=f"k1:{old}", jwt_signing_kid="k1")
+    before = await api_with(jwt_keys=f"k1:{old}", jwt_signing_kid="k1")
     user = await register(before)
     old_token = user.access_token
     # Step 1 and 2: the new key joins the ring and signs; tokens from k1 still verify.
-    during = await app_with(jwt_keys=f"k1:{old},k2:{new}", jwt_signing_kid="k2")
+    during = await api_with(jwt_keys=f"k1:{old},k2:{new}", jwt_signing_kid="k2")
     headers = {"Authorization": f"Bearer {old_token}"}
     assert (await during.get("/api/v1/auth/me", headers=headers)).status == 200
     fresh = await (
@@ -109,17 +90,17 @@ async def test_key_rotation_keeps_tokens_working_until_the_old_key_is_dropped(
         "a replica still on the old ring does not know k2: roll the ring out before switching"
     )
     # Step 4: k1 dropped: old tokens stop, new ones keep working.
-    after = await app_with(jwt_keys=f"k2:{new}", jwt_signing_kid="k2")
+    after = await api_with(jwt_keys=f"k2:{new}", jwt_signing_kid="k2")
     assert (await after.get("/api/v1/auth/me", headers=headers)).status == 401
     assert (await after.get("/api/v1/auth/me", headers=fresh_headers)).status == 200
 
 
 async def test_login_rehashes_when_parameters_changed(
-    app_with: AppFactory, owner_conn: Any
+    api_with: ApiFactory, owner_conn: Any
 ) -> None:
-    weak = await app_with(argon2_time_cost=1, argon2_memory_kib=8192)
+    weak = await api_with(argon2_time_cost=1, argon2_memory_kib=8192)
     user = await register(weak)
-    stronger = await app_with(argon2_time_cost=2, argon2_memory_kib=16384)
+    stronger = await api_with(argon2_time_cost=2, argon2_memory_kib=16384)
     response = await stronger.post(
         "/api/v1/auth/login", json={"email": user.email, "password": user.password}
     )
@@ -133,7 +114,7 @@ async def test_login_rehashes_when_parameters_changed(
     )
 
 
-async def test_no_password_or_token_in_logs(app_with: AppFactory) -> None:
+async def test_no_password_or_token_in_logs(api_with: ApiFactory) -> None:
     records: list[str] = []
 
     class Capture(logging.Handler):
@@ -146,7 +127,7 @@ async def test_no_password_or_token_in_logs(app_with: AppFactory) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        client = await app_with()
+        client = await api_with()
         user = await register(client)
         await client.post(
             "/api/v1/auth/login", json={"email": user.email, "password": "wrong-pass-99"}

@@ -23,6 +23,7 @@ from tests.support.devices import (
     ProvisionedDevice,
     claimed_device,
     device_call,
+    set_grace_end,
 )
 from tests.support.telemetry import stored_rows
 from tests.support.users import register
@@ -239,11 +240,7 @@ async def test_rotation_grace_expiry_refuses_the_old_secret(
     owner = await register(client)
     creds = await claimed_device(client, settings, owner)
     await client.post(f"/api/v1/devices/{creds.device_id}/secret/rotate", headers=owner.headers)
-    await owner_conn.execute(
-        "UPDATE devices SET previous_valid_until = now() - interval '1 second' "
-        "WHERE device_id = $1",
-        creds.device_id,
-    )
+    await set_grace_end(owner_conn, creds.device_id, -1.0)
     assert client.app is not None
     await client.app[DEVICE_REGISTRY_KEY].invalidate(UUID(creds.device_id))
     assert (await authn(client, settings, creds))["result"] == "deny"

@@ -36,6 +36,7 @@ import pytest
 from iotcore.config import Settings
 from iotcore.tools import factory_client
 from tests.conftest import REPO_ROOT, free_port, make_settings, read_log, start_iotcore
+from tests.support.node import stop
 
 CHECKS = ",".join(
     [
@@ -136,14 +137,9 @@ def live_api(database: str, mqtt_broker: str) -> Iterator[Api]:
     try:
         yield api
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            # An open event stream holds the graceful shutdown (reported; not this test's
-            # subject), and the database cannot be dropped under a live connection.
-            process.kill()
-            process.wait(10)
+        # Killed if an open event stream holds the graceful shutdown (not this test's
+        # subject): the database cannot be dropped under a live connection.
+        stop(process)
 
 
 def _register(api: Api, label: str) -> dict[str, Any]:

@@ -6,17 +6,15 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from iotcore.app import create_app
-from iotcore.config import Settings
 from iotcore.platform.migrations import Migrator
-from tests.conftest import SERVICE_URL, free_port, make_settings, with_database
+from tests.conftest import SERVICE_URL, ApiFactory, free_port, make_settings, with_database
 from tests.support.proxy import CuttableProxy
 
 Client = TestClient  # type: ignore[type-arg]
@@ -58,80 +56,52 @@ async def wait_for_status(client: Client, status: int, within_s: float) -> tuple
     raise AssertionError(f"/ready did not answer {status} within {within_s}s; last: {body}")
 
 
-@pytest.fixture
-def private_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+class PrivateRedis:
     """A Redis of this test's own, so the test can really stop and start it."""
-    port = free_port()
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    command = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL)]
-    time.sleep(0.3)
-    yield port, processes
-    for process in processes:
-        process.kill()
-        process.wait()
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no"]
+        self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
-async def app_with(database: str) -> AsyncIterator[Any]:
-    clients: list[Client] = []
-
-    async def build(settings: Settings) -> Client:
-        client = TestClient(TestServer(create_app(settings)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield build
-    for client in clients:
-        await client.close()
+def private_redis() -> Iterator[PrivateRedis]:
+    redis = PrivateRedis()
+    redis.start()
+    time.sleep(0.3)
+    yield redis
+    redis.kill()
 
 
 async def test_ready_turns_503_when_redis_stops_and_200_when_it_returns(
-    database: str, private_redis: tuple[int, list[subprocess.Popen[bytes]]], app_with: Any
+    database: str, private_redis: PrivateRedis, api_with: ApiFactory
 ) -> None:
-    port, processes = private_redis
-    client = await app_with(make_settings(database, redis_url=f"redis://127.0.0.1:{port}/0"))
+    client = await api_with(redis_url=f"redis://127.0.0.1:{private_redis.port}/0")
     await wait_for_status(client, 200, 5)
 
-    processes[0].kill()
-    processes[0].wait()
+    private_redis.kill()
     took, body = await wait_for_status(client, 503, 5)
     assert body["checks"]["redis"].startswith("failing")
     assert body["checks"]["postgres"] == "ok"
     assert took < 5
 
-    processes.append(
-        subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-    )
+    private_redis.start()
     await wait_for_status(client, 200, 10)
 
 
 async def test_ready_turns_503_when_postgres_is_cut_and_200_when_it_returns(
-    database: str, app_with: Any
+    database: str, api_with: ApiFactory
 ) -> None:
     target = urlsplit(SERVICE_URL)
     proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 5432)
@@ -140,7 +110,7 @@ async def test_ready_turns_503_when_postgres_is_cut_and_200_when_it_returns(
         url = with_database(SERVICE_URL, database).replace(
             f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}"
         )
-        client = await app_with(make_settings(database, database_url=url))
+        client = await api_with(database_url=url)
         await wait_for_status(client, 200, 5)
 
         await proxy.cut()
@@ -154,11 +124,13 @@ async def test_ready_turns_503_when_postgres_is_cut_and_200_when_it_returns(
         await proxy.close()
 
 
-async def test_ready_is_503_while_a_migration_is_pending(database: str, app_with: Any) -> None:
+async def test_ready_is_503_while_a_migration_is_pending(
+    database: str, api_with: ApiFactory
+) -> None:
     settings = make_settings(database)
     Migrator(settings.database_owner_url, settings.migrations_dir).down(1)
     try:
-        client = await app_with(settings)
+        client = await api_with()
         _, body = await wait_for_status(client, 503, 5)
         assert body["checks"]["migrations"].startswith("failing")
     finally:

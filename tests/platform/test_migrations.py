@@ -13,17 +13,9 @@ import asyncpg
 import pytest
 
 from iotcore.platform.migrations import Migrator, check_directory
-from tests.conftest import OWNER_URL, REPO_ROOT, RUN_ID, with_database
+from tests.conftest import OWNER_URL, REPO_ROOT, RUN_ID, owner_execute, with_database
 
 MIGRATIONS = REPO_ROOT / "migrations"
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(OWNER_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _user_objects(url: str) -> set[str]:
@@ -47,11 +39,11 @@ async def _user_objects(url: str) -> set[str]:
 @pytest.fixture
 def empty_database() -> Iterator[str]:
     name = f"iotcore_empty_{RUN_ID}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    asyncio.run(owner_execute(f"CREATE DATABASE {name}"))
     try:
         yield with_database(OWNER_URL, name)
     finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(owner_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def test_up_down_all_and_up_again(empty_database: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.security.conftest import ApiFactory
+from tests.conftest import ApiFactory
 
 IDLE_S = 1.0
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from iotcore.platform.logging import configure_logging
-from tests.security.conftest import ApiFactory
+from tests.conftest import ApiFactory
 from tests.support import rawhttp
 from tests.support.users import register
 

@@ -5,7 +5,6 @@ told through its REST API), no default ingest password, and every connection is 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 import uuid
@@ -26,7 +25,14 @@ from iotcore.mqtt.broker.sessions import Message
 from iotcore.platform.context import Platform
 from tests.conftest import free_port, make_settings
 from tests.support.broker import embedded_broker
-from tests.support.devices import DeviceCredentials, ProvisionedDevice, claimed_device, device_call
+from tests.support.devices import (
+    DeviceCredentials,
+    ProvisionedDevice,
+    claimed_device,
+    device_call,
+    set_grace_end,
+)
+from tests.support.ingest import count_rows
 from tests.support.mqtt import (
     PINGRESP,
     PUBACK,
@@ -38,6 +44,7 @@ from tests.support.mqtt import (
     subscribe_packet,
 )
 from tests.support.users import register
+from tests.support.waiting import eventually
 
 Client = TestClient  # type: ignore[type-arg]
 DOCUMENTED_DEFAULT_INGEST_PASSWORD = "dev-only-ingest-password-change-me-0123456"
@@ -81,21 +88,6 @@ async def alive(mqtt: RawClient) -> bool:
             return True
 
 
-async def rows_of(owner_conn: Any, device_id: str) -> int:
-    return int(
-        await owner_conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", device_id)
-    )
-
-
-async def wait_for(predicate: Any, timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 # ------------------------------------------------------------------ wills and retained messages
 
 
@@ -124,8 +116,8 @@ async def test_will_to_another_tenants_topic_is_refused_at_connect(
     assert (await victim.read()).kind == SUBACK  # type: ignore[union-attr]
     assert await alive(victim), "no retained will was delivered before the PINGRESP"
     victim.close()
-    assert await rows_of(owner_conn, theirs.device_id) == 0
-    assert await rows_of(owner_conn, mine.device_id) == 0
+    assert await count_rows(owner_conn, theirs.device_id) == 0
+    assert await count_rows(owner_conn, mine.device_id) == 0
     # Its own status topic is allowed, and the will goes out when the connection drops.
     own = (mine.status_topic, b"offline", 1, True)
     async with raw_client("127.0.0.1", broker.port) as mqtt:
@@ -188,7 +180,7 @@ async def test_reset_ends_the_live_session(
     assert response.status in (200, 202, 204)
     # The API's registry announced it over Redis; the broker (its own registry) ended it.
     assert await mqtt.closed_by_broker(), "the session outlived the reset"
-    assert await rows_of(owner_conn, creds.device_id) == 1
+    assert await count_rows(owner_conn, creds.device_id) == 1
     async with raw_client("127.0.0.1", broker.port) as again:
         code, _ = await again.connect(
             creds.device_id, username=creds.device_id, password=creds.secret
@@ -207,7 +199,7 @@ async def test_rotation_ends_the_old_secret_session_once_the_new_one_is_used(
         f"/api/v1/devices/{creds.device_id}/secret/rotate", headers=owner.headers
     )
     assert rotated.status == 202
-    assert await wait_for(lambda: broker.rechecks > checked)
+    assert await eventually(lambda: broker.rechecks > checked)
     assert await alive(old), "in its grace period the old secret's session goes on"
 
     provisioned = ProvisionedDevice(creds.device_id, creds.serial_number, "", creds.device_key)
@@ -219,11 +211,11 @@ async def test_rotation_ends_the_old_secret_session_once_the_new_one_is_used(
     code, _ = await new.connect(creds.device_id, username=creds.device_id, password=new_secret)
     assert code == 0
     assert await old.closed_by_broker(), "the old secret's session ended"
-    assert await wait_for(lambda: broker.rechecks > checked), "the change was re-checked"
+    assert await eventually(lambda: broker.rechecks > checked), "the change was re-checked"
     new.send(publish_packet(creds.telemetry_topic, b'{"metrics":{"after":1}}', 1, 9))
     ack = await new.read()
     assert ack is not None and ack.kind == PUBACK, "the new secret's session survives"
-    assert await rows_of(owner_conn, creds.device_id) == 1
+    assert await count_rows(owner_conn, creds.device_id) == 1
     new.close()
 
 
@@ -233,11 +225,7 @@ async def test_rotation_grace_expiry_ends_the_old_secret_session(
     owner = await register(client)
     creds = await claimed_device(client, settings, owner)
     await client.post(f"/api/v1/devices/{creds.device_id}/secret/rotate", headers=owner.headers)
-    await owner_conn.execute(
-        "UPDATE devices SET previous_valid_until = now() + interval '2 seconds' "
-        "WHERE device_id = $1",
-        creds.device_id,
-    )
+    await set_grace_end(owner_conn, creds.device_id, 2.0)
     mqtt = await connected(broker, creds)  # the old secret, 2 s of grace left
     assert await alive(mqtt)
     assert await mqtt.closed_by_broker(timeout=10), "the session outlived the grace period"
@@ -312,11 +300,7 @@ async def test_reset_and_grace_expiry_kick_the_device_off_emqx(
             )
     finally:
         await platform.close()
-    await owner_conn.execute(
-        "UPDATE devices SET previous_valid_until = now() - interval '1 second' "
-        "WHERE device_id = $1",
-        rotated.device_id,
-    )
+    await set_grace_end(owner_conn, rotated.device_id, -1.0)
     assert await end_expired_rotations(emqx_settings) >= 1
     basic = "Basic " + base64.b64encode(b"iotcore-kicker:" + b"s" * 40).decode()
     kick = [
@@ -388,9 +372,9 @@ async def test_connections_are_capped(settings: Settings) -> None:
             third = await RawClient.open("127.0.0.1", broker.port)
             assert await third.closed_by_broker(timeout=5), "the third connection is refused"
             first.close()
-            assert await wait_for(lambda: len(broker.connections) == 1)
+            assert await eventually(lambda: len(broker.connections) == 1)
             fourth = await RawClient.open("127.0.0.1", broker.port)
-            assert await wait_for(lambda: len(broker.connections) == 2), "room again"
+            assert await eventually(lambda: len(broker.connections) == 2), "room again"
             fourth.close()
             second.close()
     finally:
@@ -433,5 +417,5 @@ async def test_denied_publish_disconnects_and_stores_nothing(
         mqtt = await connected(broker, mine)
         mqtt.send(packet)
         assert await mqtt.closed_by_broker(), "a denied publish ends the connection"
-    assert await rows_of(owner_conn, other.device_id) == 0
-    assert await rows_of(owner_conn, mine.device_id) == 0
+    assert await count_rows(owner_conn, other.device_id) == 0
+    assert await count_rows(owner_conn, mine.device_id) == 0

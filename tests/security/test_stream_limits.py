@@ -10,13 +10,15 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
 
 from iotcore.platform.context import SETTINGS_KEY
-from tests.conftest import REDIS_URL
-from tests.security.conftest import ApiFactory, Client
+from tests.conftest import REDIS_URL, ApiFactory
 from tests.support.devices import claimed_device
 from tests.support.telemetry import post_telemetry
 from tests.support.users import add_user, register
+
+Client = TestClient  # type: ignore[type-arg]
 
 STREAM = "/api/v1/telemetry/stream"
 

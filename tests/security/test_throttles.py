@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 
 from iotcore.platform.context import SETTINGS_KEY
-from tests.security.conftest import ApiFactory
+from tests.conftest import ApiFactory
 from tests.support.devices import provision
 from tests.support.users import register
 

@@ -4,8 +4,6 @@ run`); the ingest consumer of the API's writer, as `iotcore ingest` runs it."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
 from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY, TelemetryIngest
 from iotcore.telemetry.ingest.writer import TelemetryWriter
+from tests.support.ingest import running_consumer
 
 
 @asynccontextmanager
@@ -75,12 +74,5 @@ async def ingest_consumer(
 ) -> AsyncIterator[IngestRole]:
     """The ingest consumer on the API's writer, once subscribed (within 10 s)."""
     assert client.app is not None
-    role = IngestRole(platform, client.app[TELEMETRY_INGEST_KEY])
-    await role.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not role.consumer.connected and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+    async with running_consumer(IngestRole(platform, client.app[TELEMETRY_INGEST_KEY])) as role:
         yield role
-    finally:
-        await role.stop()

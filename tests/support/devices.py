@@ -120,3 +120,13 @@ async def claim_with_secret(
         telemetry_topic=answer["mqtt"]["telemetry_topic"],
         status_topic=answer["mqtt"]["status_topic"],
     )
+
+
+async def set_grace_end(owner_conn: Any, device_id: str, seconds_from_now: float) -> None:
+    """Move the end of a rotation's grace period (negative: it is over already)."""
+    await owner_conn.execute(
+        "UPDATE devices SET previous_valid_until = now() + make_interval(secs => $2) "
+        "WHERE device_id = $1",
+        device_id,
+        seconds_from_now,
+    )

@@ -14,11 +14,11 @@ import pytest
 
 from iotcore.config import Settings
 from tests.conftest import read_log, start_iotcore
-from tests.telemetry.test_mqtt_ingest import (
+from tests.support.ingest import (
     Client,
-    _device,
     consumer_settings,
     count_rows,
+    new_device,
     publish,
     readings,
     wait_ready,
@@ -64,7 +64,7 @@ class Killer:
 async def test_kill_9_mid_stream_loses_nothing_and_stores_once(
     client: Client, settings: Settings, owner_conn: Any
 ) -> None:
-    device = await _device(client, settings)
+    device = await new_device(client, settings)
     # A session of its own on a non-shared subscription: the only consumer of this stream.
     ingest = consumer_settings(settings, mqtt_shared_subscription=False)
     consumer = start_iotcore(ingest, "ingest")
@@ -107,7 +107,7 @@ async def test_kill_9_mid_stream_loses_nothing_and_stores_once(
 async def test_two_consumers_in_a_share_group_one_killed_mid_stream_store_everything_once(
     client: Client, settings: Settings, owner_conn: Any
 ) -> None:
-    device = await _device(client, settings)
+    device = await new_device(client, settings)
     group = f"g{time.time_ns()}"
     first = consumer_settings(settings, mqtt_share_group=group)
     second = consumer_settings(settings, mqtt_share_group=group)

@@ -18,9 +18,9 @@ from iotcore.platform.context import Platform
 from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY
 from tests.conftest import make_settings
 from tests.support.devices import claimed_device
+from tests.support.ingest import count_rows, publish, readings
 from tests.support.telemetry import post_telemetry
 from tests.support.users import register
-from tests.telemetry.test_mqtt_ingest import count_rows, publish, readings
 
 Client = TestClient  # type: ignore[type-arg]
 QUIET_POSTS = 200

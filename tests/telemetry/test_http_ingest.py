@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from iotcore.app import create_app
 from iotcore.config import Settings
-from tests.conftest import free_port, make_settings
+from tests.conftest import ApiFactory, free_port
 from tests.support.devices import claimed_device
 from tests.support.telemetry import basic, post_telemetry, rejects, stored_rows
 from tests.support.users import register
@@ -155,25 +153,8 @@ async def test_unknown_wrong_and_reset_devices_are_401(client: Client, settings:
     assert after_reset.status == 401
 
 
-@pytest.fixture
-async def app_with(database: str) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
-    clients: list[Client] = []
-
-    async def build(**overrides: Any) -> Client:
-        settings = make_settings(database, redis_prefix=f"iottest:{uuid.uuid4().hex}:", **overrides)
-        client = TestClient(TestServer(create_app(settings)))
-        await client.start_server()
-        client.settings = settings  # type: ignore[attr-defined]
-        clients.append(client)
-        return client
-
-    yield build
-    for client in clients:
-        await client.close()
-
-
-async def test_rate_limit_429_with_retry_after_then_accepted(app_with: Any) -> None:
-    client = await app_with(
+async def test_rate_limit_429_with_retry_after_then_accepted(api_with: ApiFactory) -> None:
+    client = await api_with(
         rate_limit_device_per_s=1, rate_limit_device_burst=3, rate_limit_request_floor=1
     )
     owner = await register(client)
@@ -190,10 +171,12 @@ async def test_rate_limit_429_with_retry_after_then_accepted(app_with: Any) -> N
     assert (await post_telemetry(client, device, {"metrics": {"a": 10}})).status == 202
 
 
-async def test_rate_limits_charge_each_reading_with_a_floor_per_request(app_with: Any) -> None:
+async def test_rate_limits_charge_each_reading_with_a_floor_per_request(
+    api_with: ApiFactory,
+) -> None:
     """Every reading costs a token (1,000 points x 100 metrics are not one request's
     worth), and a request carrying fewer than the floor still costs the floor."""
-    client = await app_with(
+    client = await api_with(
         rate_limit_device_per_s=0.001, rate_limit_device_burst=20, rate_limit_request_floor=4
     )
     owner = await register(client)
@@ -209,8 +192,8 @@ async def test_rate_limits_charge_each_reading_with_a_floor_per_request(app_with
     assert (await post_telemetry(client, device, body(1))).status == 429
 
 
-async def test_tenant_rate_limit_counts_readings_across_devices(app_with: Any) -> None:
-    client = await app_with(
+async def test_tenant_rate_limit_counts_readings_across_devices(api_with: ApiFactory) -> None:
+    client = await api_with(
         rate_limit_tenant_per_s=0.001, rate_limit_tenant_burst=30, rate_limit_request_floor=1
     )
     owner = await register(client)
@@ -223,12 +206,12 @@ async def test_tenant_rate_limit_counts_readings_across_devices(app_with: Any) -
     assert (await limited.json())["error"]["code"] == "rate_limited"
 
 
-async def _device_on_dead_redis(app_with: Any, fail_open: bool) -> tuple[Client, Any]:
+async def _device_on_dead_redis(api_with: Any, fail_open: bool) -> tuple[Client, Any]:
     """A device provisioned normally; then an app for it whose Redis is a dead port."""
-    healthy = await app_with()
+    healthy = await api_with()
     owner = await register(healthy)
     device = await claimed_device(healthy, healthy.settings, owner)
-    broken = await app_with(
+    broken = await api_with(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         rate_limit_fail_open=fail_open,
         redis_timeout_s=0.3,
@@ -236,23 +219,23 @@ async def _device_on_dead_redis(app_with: Any, fail_open: bool) -> tuple[Client,
     return broken, device
 
 
-async def test_redis_down_fails_open_when_configured(app_with: Any, owner_conn: Any) -> None:
-    client, device = await _device_on_dead_redis(app_with, fail_open=True)
+async def test_redis_down_fails_open_when_configured(api_with: Any, owner_conn: Any) -> None:
+    client, device = await _device_on_dead_redis(api_with, fail_open=True)
     response = await post_telemetry(client, device, {"metrics": {"a": 1}})
     assert response.status == 202, await response.text()
     assert len(await stored_rows(owner_conn, device.device_id)) == 1
 
 
-async def test_redis_down_fails_closed_when_configured(app_with: Any, owner_conn: Any) -> None:
-    client, device = await _device_on_dead_redis(app_with, fail_open=False)
+async def test_redis_down_fails_closed_when_configured(api_with: Any, owner_conn: Any) -> None:
+    client, device = await _device_on_dead_redis(api_with, fail_open=False)
     response = await post_telemetry(client, device, {"metrics": {"a": 1}})
     assert response.status == 503
     assert "Retry-After" in response.headers
     assert await stored_rows(owner_conn, device.device_id) == []
 
 
-async def test_full_write_queue_is_503_overloaded(app_with: Any) -> None:
-    client = await app_with(writer_queue_rows=3, writer_batch_age_ms=1000, writer_batch_rows=3)
+async def test_full_write_queue_is_503_overloaded(api_with: ApiFactory) -> None:
+    client = await api_with(writer_queue_rows=3, writer_batch_age_ms=1000, writer_batch_rows=3)
     owner = await register(client)
     device = await claimed_device(client, client.settings, owner)
     points = {"points": [{"ts": NOW_MS() - i, "metrics": {"a": i}} for i in range(2)]}

@@ -14,7 +14,7 @@ import pytest
 
 from iotcore.config import Settings
 from tests.conftest import free_port, read_log, start_iotcore
-from tests.telemetry.test_mqtt_ingest import consumer_settings, wait_ready
+from tests.support.ingest import consumer_settings, wait_ready
 
 # amqtt grants `$share/...` as a literal filter that never matches: a real broker without
 # shared subscriptions (a test-only dependency).

@@ -10,11 +10,11 @@ from typing import Any
 from iotcore.config import Settings
 from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
-from tests.telemetry.test_mqtt_ingest import (
+from tests.support.ingest import (
     Client,
-    _device,
     consumer_settings,
     count_rows,
+    new_device,
     publish,
     readings,
     wait_rows,
@@ -25,7 +25,7 @@ async def test_the_consumer_stops_reading_when_its_inbox_is_full_and_resumes_wit
     client: Client, settings: Settings, owner_conn: Any
 ) -> None:
     """MQTT 3.1.1 has no Receive Maximum: the consumer bounds what it holds by itself."""
-    device = await _device(client, settings)
+    device = await new_device(client, settings)
     # A share group of its own: its persistent session outlives the test and must not take
     # a share of other modules' messages.
     small = consumer_settings(

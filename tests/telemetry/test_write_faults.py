@@ -24,10 +24,7 @@ from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
 from tests.conftest import SERVICE_URL, make_settings, read_log, start_iotcore, with_database
 from tests.support.devices import DeviceCredentials, claimed_device
-from tests.support.proxy import CuttableProxy
-from tests.support.telemetry import post_telemetry
-from tests.support.users import register
-from tests.telemetry.test_mqtt_ingest import (
+from tests.support.ingest import (
     consumer_settings,
     count_rows,
     publish,
@@ -35,6 +32,10 @@ from tests.telemetry.test_mqtt_ingest import (
     wait_ready,
     wait_rows,
 )
+from tests.support.proxy import CuttableProxy
+from tests.support.telemetry import post_telemetry
+from tests.support.users import register
+from tests.support.waiting import eventually
 
 Client = TestClient  # type: ignore[type-arg]
 NOW_MS = lambda: int(time.time() * 1000)  # noqa: E731
@@ -142,15 +143,6 @@ def settings(database: str, mqtt_broker: str) -> Settings:
     )
 
 
-async def _wait(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def test_over_mqtt_only_stored_or_recorded_messages_are_acked_and_none_is_lost(
     client: Client, settings: Settings, owner_conn: Any, platform: Platform
 ) -> None:
@@ -193,7 +185,7 @@ async def test_over_mqtt_only_stored_or_recorded_messages_are_acked_and_none_is_
             async def all_recorded() -> bool:
                 return len(await refusals(owner_conn, poisoned.device_id)) >= total
 
-            assert await _wait(all_recorded, 30)
+            assert await eventually(all_recorded, 30, every_s=0.1)
             await asyncio.sleep(1)  # anything more would be a second record
             assert (
                 await refusals(owner_conn, poisoned.device_id)
@@ -273,7 +265,7 @@ async def test_a_transient_error_is_retried_and_nothing_is_lost(
         async def holding() -> bool:
             return await asyncio.to_thread(_ready_status, ingest.metrics_port) == 503
 
-        assert await _wait(holding, 30), read_log(process)
+        assert await eventually(holding, 30, every_s=0.1), read_log(process)
         held = await post_telemetry(web, http_device, {"ts": NOW_MS(), "metrics": {"x": 1}})
         assert held.status == 503
         assert int(held.headers["Retry-After"]) >= 1
