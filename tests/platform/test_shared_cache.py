@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from iotcore.config import Settings
-from iotcore.platform.cache import SharedInvalidationCache
+from iotcore.platform.cache import EVERYTHING, SharedInvalidationCache
 from iotcore.platform.redis import Redis
 
 
@@ -63,4 +63,38 @@ async def test_entries_expire_after_the_ttl_counted_from_the_read(settings: Sett
         cache.put("k", "v", time.monotonic())
         assert cache.get("k") == (True, "v")
     finally:
+        await redis.close()
+
+
+async def test_a_value_read_while_an_invalidation_came_is_not_kept(settings: Settings) -> None:
+    redis = Redis(settings)
+    cache = SharedInvalidationCache[str](redis, "race", ttl_s=60)
+    try:
+        read_started = time.monotonic()
+        await cache.invalidate("k")  # the change lands while the read is under way
+        cache.put("k", "as read before the change", read_started)
+        assert cache.get("k") == (False, None)
+        cache.put("k", "as read after it", time.monotonic())
+        assert cache.get("k") == (True, "as read after it")
+    finally:
+        await redis.close()
+
+
+async def test_a_confirmed_subscription_drops_what_was_kept_before_it(
+    settings: Settings,
+) -> None:
+    """Invalidations published while no listener ran are lost: what was cached then goes."""
+    redis = Redis(settings)
+    cache = SharedInvalidationCache[str](redis, "resubscribe", ttl_s=60)
+    dropped: list[str] = []
+    cache.listeners.append(dropped.append)
+    try:
+        cache.put("k", "v", time.monotonic())
+        assert cache.get("k") == (True, "v")
+        await cache.start()
+        await cache.wait_subscribed()
+        assert cache.get("k") == (False, None)
+        assert dropped == [EVERYTHING]
+    finally:
+        await cache.close()
         await redis.close()

@@ -16,7 +16,7 @@ from iotcore.config import Settings
 from iotcore.tools import factory_client
 from tests.support.devices import claimed_device, factory_key
 from tests.support.telemetry import post_telemetry
-from tests.support.users import register
+from tests.support.users import add_user, register
 
 Client = TestClient  # type: ignore[type-arg]
 
@@ -191,3 +191,36 @@ async def test_a_flood_of_unknown_keys_gets_a_capped_details_list(
     error = await _refused(response, 422)
     assert len(error["details"]) <= 21
     assert error["details"][-1]["problem"] == "59980 more problems not shown"
+
+
+async def test_ids_in_paths_are_taken_in_canonical_form_only(
+    client: Client, settings: Settings
+) -> None:
+    """One id, one spelling: an upper-case or dash-less UUID names nothing (404), for users
+    and jobs as for devices."""
+    owner = await register(client)
+    viewer = await add_user(client, owner, "viewer")
+    device = await claimed_device(client, settings, owner)
+    purge = await client.post(
+        f"/api/v1/devices/{device.device_id}/purge",
+        json={"confirmation": "PURGE"},
+        headers=owner.headers,
+    )
+    assert purge.status == 202, await purge.text()
+    job_id = (await purge.json())["job_id"]
+    for spell in (str.upper, lambda text: text.replace("-", "")):
+        user = await client.patch(
+            f"/api/v1/users/{spell(str(viewer.user_id))}",
+            json={"role": "admin"},
+            headers=owner.headers,
+        )
+        assert user.status == 404, await user.text()
+        job = await client.get(f"/api/v1/jobs/{spell(job_id)}", headers=owner.headers)
+        assert job.status == 404
+        got = await client.get(f"/api/v1/devices/{spell(device.device_id)}", headers=owner.headers)
+        assert got.status == 404
+    assert (await client.get(f"/api/v1/jobs/{job_id}", headers=owner.headers)).status == 200
+    changed = await client.patch(
+        f"/api/v1/users/{viewer.user_id}", json={"role": "admin"}, headers=owner.headers
+    )
+    assert changed.status == 200
