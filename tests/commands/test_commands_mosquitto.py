@@ -10,7 +10,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 import orjson
@@ -33,6 +32,7 @@ from tests.support.commands import (
     wait_status,
 )
 from tests.support.devices import DeviceCredentials, claimed_device
+from tests.support.ingest import broker_address
 from tests.support.users import register
 
 
@@ -42,11 +42,6 @@ async def consumer(client: Client, platform: Platform) -> AsyncIterator[IngestRo
         await asyncio.wait_for(role.consumer.commands.listener.listening.wait(), 10)
         await asyncio.wait_for(role.status.subscribed.wait(), 10)
         yield role
-
-
-def broker_address(settings: Settings) -> tuple[str, int]:
-    url = urlsplit(settings.mqtt_url)
-    return url.hostname or "127.0.0.1", url.port or 1883
 
 
 async def come_online(mqtt: aiomqtt.Client, device: DeviceCredentials) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
@@ -35,20 +34,11 @@ from tests.conftest import (
 )
 from tests.support.broker import embedded_broker
 from tests.support.devices import DeviceCredentials, claimed_device
+from tests.support.ingest import count_rows, readings
 from tests.support.mqtt import PUBACK, RawClient, publish_packet
 from tests.support.users import register
 
 Client = TestClient  # type: ignore[type-arg]
-
-
-def readings(count: int, start_ms: int) -> list[bytes]:
-    return [orjson.dumps({"ts": start_ms + i, "metrics": {"a": i, "b": -i}}) for i in range(count)]
-
-
-async def count_rows(owner_conn: Any, device_id: str) -> int:
-    return int(
-        await owner_conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", device_id)
-    )
 
 
 async def publish_window(
