@@ -5,7 +5,7 @@ p95, p99) and at 8 clients (saturation on 2 cores: throughput), each beside its 
 in the same run: the endpoint's SQL through iotcore's own tenant transaction (one pool,
 nothing else; for latest values, the query that the API's Redis hash spares it).
 
-    .venv/bin/python loadtests/bench_read.py [--seconds 8] [--keep] [--reuse]
+    .venv/bin/python loadtests/bench_read.py [--seconds 8] [--keep] [--reuse] [--only latest]
     .venv/bin/python loadtests/bench_read.py --year [--days 365] [--seconds 20] [--keep] [--reuse]
         [--storage both|native|timescaledb] [--seed-only]
 
@@ -41,7 +41,7 @@ import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from httpload import LoadResult, free_port, start_api
+from httpload import LoadResult, free_port, process_cpu_s, start_api
 from read import database, year
 from read.database import PASSWORD
 from read.lean_http import closed_loop, run_lean_load
@@ -87,57 +87,93 @@ async def prepare(reuse: bool) -> tuple[str, list[str]]:
     return seeded.email, seeded.devices
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc; NaN elsewhere)."""
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (field 3 onwards); empty if the process is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return []
+
+
+def cluster_cpu_s(postmaster: int) -> float:
+    """CPU seconds of a whole PostgreSQL cluster: the postmaster, every live child (backends,
+    parallel workers, background processes) and the children it has already reaped (cutime,
+    cstime). Counting only the benchmark's backends missed parallel workers and connections
+    that closed during a run."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own = _stat_fields(postmaster)
+    total = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields and int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+# Per request, from pg_stat_database: what the database did, whatever the CPU clock says.
+DB_COUNTERS = (
+    "xact_commit + xact_rollback AS transactions, blks_hit + blks_read AS blocks, "
+    "tup_returned AS tuples"
+)
 
 
 class CpuMeter:
     """CPU time per request of each process on the path, measured around one run: the API
-    process, this one (the load generator, or the bare client) and the PostgreSQL backends
-    of the benchmark database. Less sensitive to a busy machine than latencies are."""
+    process, this one (the load generator, or the bare client) and the PostgreSQL cluster (all
+    of its processes); plus transactions, buffer reads and tuples scanned per request. Less
+    sensitive to a busy machine than latencies are."""
 
     def __init__(self, api_pid: int | None) -> None:
         self._api_pid = api_pid
         self._start: dict[str, float] = {}
-        self._backends: dict[int, float] = {}
+        self._postmaster = 0
 
-    async def _backend_pids(self) -> list[int]:
+    async def _database_counters(self) -> dict[str, float]:
         conn = await asyncpg.connect(OWNER)
         try:
-            rows = await conn.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                DB,
+            if not self._postmaster:
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                self._postmaster = int(_stat_fields(backend)[1])
+            # Statistics reach pg_stat_database when a backend goes idle, at most once a
+            # second; a fresh snapshot is taken on each call.
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = await conn.fetchrow(
+                f"SELECT {DB_COUNTERS} FROM pg_stat_database WHERE datname = $1", DB
             )
         finally:
             await conn.close()
-        return [r["pid"] for r in rows]
+        return {k: float(v) for k, v in row.items()}
 
     async def start(self) -> None:
-        self._backends = {pid: process_cpu_s(pid) for pid in await self._backend_pids()}
-        self._start = {"client": time.process_time()}
+        self._start = await self._database_counters()
+        self._start["client"] = time.process_time()
+        self._start["PostgreSQL"] = cluster_cpu_s(self._postmaster)
         if self._api_pid is not None:
             self._start["API"] = process_cpu_s(self._api_pid)
 
-    async def per_request_ms(self, requests: int) -> dict[str, float]:
-        spent = {"client": time.process_time() - self._start["client"]}
+    async def per_request(self, requests: int) -> dict[str, float]:
+        """CPU ms per request by process, then the database counters per request."""
+        now = {"client": time.process_time(), "PostgreSQL": cluster_cpu_s(self._postmaster)}
         if self._api_pid is not None:
-            spent["API"] = process_cpu_s(self._api_pid) - self._start["API"]
-        postgres = 0.0
-        for pid in await self._backend_pids():
-            now = process_cpu_s(pid)
-            postgres += now - self._backends.get(pid, 0.0) if now == now else 0.0
-        spent["PostgreSQL"] = postgres
-        return {k: v * 1000 / max(1, requests) for k, v in spent.items()}
+            now["API"] = process_cpu_s(self._api_pid)
+        await asyncio.sleep(1.1)  # let the last statistics reach pg_stat_database
+        now.update(await self._database_counters())
+        n = max(1, requests)
+        return {
+            k: (now[k] - self._start[k]) * (1000 if k in ("client", "API", "PostgreSQL") else 1) / n
+            for k in now
+        }
+
+
+CPU_KEYS = ("client", "API", "PostgreSQL")
 
 
 def cpu_text(cpu: dict[str, float]) -> str:
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
-    return f"CPU ms/req: {parts}"
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k in CPU_KEYS)
+    db = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if k not in CPU_KEYS)
+    return f"CPU ms/req: {parts}; per req: {db}"
 
 
 async def bare(
@@ -152,7 +188,7 @@ async def bare(
         return 200
 
     result = await closed_loop(name, clients, seconds, call)
-    return result, await meter.per_request_ms(len(result.latencies_ms))
+    return result, await meter.per_request(len(result.latencies_ms))
 
 
 async def through_api(
@@ -169,7 +205,7 @@ async def through_api(
     meter = CpuMeter(api_pid)
     await meter.start()
     result = await run_lean_load(name, base, path, headers, clients, seconds)
-    return result, await meter.per_request_ms(len(result.latencies_ms))
+    return result, await meter.per_request(len(result.latencies_ms))
 
 
 def verdict(ok: bool) -> str:
@@ -279,6 +315,8 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         print(f"{health.line()}  {cpu_text(health_cpu)}", flush=True)
         for name, (path, bare_name, run) in shapes.items():
+            if args.only and not any(word in name for word in args.only):
+                continue
             print(name, flush=True)
             measured: dict[tuple[str, int], LoadResult] = {}
             cpu: dict[tuple[str, int], dict[str, float]] = {}
@@ -310,8 +348,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{verdict(ratio >= TARGET_SATURATION_RATIO)}",
                 flush=True,
             )
-            api_total = sum(cpu["api", SATURATION_CLIENTS].values())
-            bare_total = sum(cpu["bare", SATURATION_CLIENTS].values())
+            api_total = sum(v for k, v in cpu["api", SATURATION_CLIENTS].items() if k in CPU_KEYS)
+            bare_total = sum(v for k, v in cpu["bare", SATURATION_CLIENTS].items() if k in CPU_KEYS)
             print(
                 f"     CPU per request at {SATURATION_CLIENTS} clients, all processes: API path "
                 f"{api_total:.2f} ms, bare {bare_total:.2f} ms: where CPU is all there is, the "
@@ -333,6 +371,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--keep", action="store_true", help="leave the database for --reuse")
     parser.add_argument("--reuse", action="store_true", help="use an existing seeded database")
+    parser.add_argument(
+        "--only", action="append", help="endpoints whose name holds this text (repeatable)"
+    )
     year.add_arguments(parser)
     args = parser.parse_args()
     asyncio.run(year.run_year(args) if args.year else main_async(args))
