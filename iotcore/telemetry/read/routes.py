@@ -211,7 +211,11 @@ def setup(app: web.Application) -> None:
     live = LiveStream(platform)
     app[LIVE_STREAM_KEY] = live
 
+    async def end_streams(app: web.Application) -> None:
+        await live.end_streams()
+
     async def close(app: web.Application) -> None:
         await live.close()
 
+    app.on_shutdown.append(end_streams)
     app.on_cleanup.append(close)

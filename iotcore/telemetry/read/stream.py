@@ -25,7 +25,7 @@ from aiohttp import web
 
 from iotcore.auth.principal import UserPrincipal
 from iotcore.platform.context import Platform
-from iotcore.platform.errors import RateLimited, Unauthenticated, ValidationFailed
+from iotcore.platform.errors import RateLimited, Unauthenticated, Unavailable, ValidationFailed
 from iotcore.platform.types import rfc3339_ms
 from iotcore.telemetry.derived import live_key
 
@@ -103,7 +103,18 @@ class LiveStream:
             )
         )
         self._feeds: dict[UUID, _Feed] = {}
+        self._ending = False
         self._open_slot = self._redis.client.register_script(_OPEN_SLOT)
+
+    async def end_streams(self) -> None:
+        """On shutdown (before the server waits for its handlers): every open stream ends
+        now, and no new one starts. EventSource reconnects on its own, with Last-Event-ID,
+        to another replica or to this one once it is back, so nothing is lost; left open, a
+        stream would hold shutdown for the server's whole grace period."""
+        self._ending = True
+        for feed in list(self._feeds.values()):
+            for queue in list(feed.subscribers):
+                _cut(feed, queue)
 
     async def close(self) -> None:
         for feed in list(self._feeds.values()):
@@ -244,6 +255,8 @@ class LiveStream:
     ) -> web.StreamResponse:
         if last_event_id is not None and not _STREAM_ID.fullmatch(last_event_id):
             raise ValidationFailed.field("Last-Event-ID", "not an event id of this stream")
+        if self._ending:
+            raise Unavailable("The server is shutting down; reconnect.", retry_after_s=1)
         slot = await self._take_slot(principal)
         try:
             queue = await self._subscribe(principal.tenant_id)
