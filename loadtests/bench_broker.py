@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,35 +37,19 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import Consumer, lag_percentile, start_mosquitto
-from fixtures import BenchDevice, claimed_devices, tenant
-from httpload import free_port, wait_http
-
-from iotcore.platform.migrations import Migrator
+from fixtures import (
+    OWNER,
+    claimed_devices,
+    devices_file,
+    environment,
+    loadavg,
+    rss_mb,
+    start_node,
+    tenant,
+)
+from httpload import free_port
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-OWNER = "postgresql://iotcore_owner:iotcore-dev@127.0.0.1:5432/{db}"
-SERVICE = "postgresql://iotcore_service:iotcore-dev@127.0.0.1:5432/{db}"
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    kb = int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
-    return kb / 1024
-
-
-def devices_file(devices: list[BenchDevice], path: Path) -> Path:
-    path.write_bytes(
-        b"\n".join(
-            orjson.dumps({"device_id": d.device_id, "secret": d.secret, "topic": d.topic})
-            for d in devices
-        )
-    )
-    return path
 
 
 def generator(port: int, devices: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -88,60 +71,14 @@ async def rows(db: str) -> int:
         await conn.close()
 
 
-class Database:
-    def __init__(self) -> None:
-        self.name = f"iotcore_bench_{uuid.uuid4().hex[:8]}"
-
-    async def create(self) -> None:
-        conn = await asyncpg.connect(OWNER.format(db="postgres"))
-        try:
-            await conn.execute(f"CREATE DATABASE {self.name}")
-        finally:
-            await conn.close()
-        Migrator(OWNER.format(db=self.name), REPO / "migrations").up()
-
-    async def drop(self) -> None:
-        conn = await asyncpg.connect(OWNER.format(db="postgres"))
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        finally:
-            await conn.close()
-
-
-def environment(db: str, **extra: str) -> dict[str, str]:
-    return dict(
-        os.environ,
-        IOT_DATABASE_URL=SERVICE.format(db=db),
-        IOT_DATABASE_OWNER_URL=OWNER.format(db=db),
-        IOT_REDIS_PREFIX=f"bench:{uuid.uuid4().hex[:8]}:",
-        IOT_LOG_LEVEL="WARNING",
-        IOT_REGISTER_MAX_PER_IP="100000",
-        IOT_CLAIM_MAX_FAILURES="1000000",  # 32 claims in flight count as attempts
-        **extra,
-    )
-
-
 async def main_async(args: argparse.Namespace) -> None:
-    db = Database()
-    await db.create()
-    http_port, broker_port, mosquitto_port = free_port(), free_port(), free_port()
-    node = subprocess.Popen(
-        [sys.executable, "-m", "iotcore.cli", "run"],
-        env=environment(
-            db.name,
-            IOT_HTTP_PORT=str(http_port),
-            IOT_BROKER_PORT=str(broker_port),
-            IOT_METRICS_PORT=str(free_port()),
-            IOT_BROKER_MAX_CONNECTIONS=str(args.idle_devices + args.devices + 100),
-        ),
-    )
-    base = f"http://127.0.0.1:{http_port}"
+    node = await start_node(args.idle_devices + args.devices + 100)
+    db, base, broker_port, mosquitto_port = node.db, node.base, node.broker_port, free_port()
     report: dict[str, Any] = {"cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         mosquitto = start_mosquitto(mosquitto_port, Path(tmp))
         consumer: Consumer | None = None
         try:
-            wait_http(base + "/api/v1/health/ready", 60)
             async with aiohttp.ClientSession() as session:
                 owner = await tenant(session, base)
                 devices = await claimed_devices(session, base, owner, args.devices)
@@ -224,9 +161,7 @@ async def main_async(args: argparse.Namespace) -> None:
             if consumer is not None:
                 consumer.stop()
             mosquitto.terminate()
-            node.terminate()
-            node.wait(20)
-            await db.drop()
+            await node.stop()
     print(orjson.dumps(report).decode())
 
 

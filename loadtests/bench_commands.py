@@ -38,9 +38,7 @@ import asyncpg
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_broker import OWNER, Database, devices_file, environment, loadavg, rss_mb
-from fixtures import claimed_devices, tenant
-from httpload import free_port, wait_http
+from fixtures import OWNER, claimed_devices, devices_file, loadavg, rss_mb, start_node, tenant
 
 HERE = Path(__file__).resolve().parent
 
@@ -122,20 +120,8 @@ async def send_commands(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    db = Database()
-    await db.create()
-    http_port, broker_port = free_port(), free_port()
-    node = subprocess.Popen(
-        [sys.executable, "-m", "iotcore.cli", "run"],
-        env=environment(
-            db.name,
-            IOT_HTTP_PORT=str(http_port),
-            IOT_BROKER_PORT=str(broker_port),
-            IOT_METRICS_PORT=str(free_port()),
-            IOT_BROKER_MAX_CONNECTIONS=str(args.devices + 100),
-        ),
-    )
-    base = f"http://127.0.0.1:{http_port}"
+    node = await start_node(args.devices + 100)
+    db, base, broker_port = node.db, node.base, node.broker_port
     report: dict[str, Any] = {
         "cores": os.cpu_count(),
         "devices": args.devices,
@@ -146,7 +132,6 @@ async def main_async(args: argparse.Namespace) -> None:
     conn = await asyncpg.connect(OWNER.format(db=db.name))
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            wait_http(base + "/api/v1/health/ready", 60)
             async with aiohttp.ClientSession() as session:
                 owner = await tenant(session, base)
                 devices = await claimed_devices(session, base, owner, args.devices)
@@ -202,9 +187,7 @@ async def main_async(args: argparse.Namespace) -> None:
         if responders is not None:
             responders.kill()
             responders.wait()
-        node.terminate()
-        node.wait(20)
-        await db.drop()
+        await node.stop()
     print(orjson.dumps(report).decode())
 
 

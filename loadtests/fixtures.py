@@ -1,17 +1,118 @@
-"""Benchmark set-up through the public API: a tenant, and claimed devices with secrets."""
+"""Benchmark set-up: a database of its own, the single node (`iotcore run`) on it, and through
+the public API a tenant and claimed devices with secrets."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
+import asyncpg
+import orjson
+from httpload import free_port, wait_http
 
 from iotcore.devices import signing
+from iotcore.platform.migrations import Migrator
 from iotcore.tools import factory_client
 
+REPO = Path(__file__).resolve().parent.parent
 DEV_FACTORY_KEY = ("mk1", "dev-only-manufacturing-key-change-me-012345")
+OWNER = "postgresql://iotcore_owner:iotcore-dev@127.0.0.1:5432/{db}"
+SERVICE = "postgresql://iotcore_service:iotcore-dev@127.0.0.1:5432/{db}"
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kb = int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+    return kb / 1024
+
+
+class Database:
+    def __init__(self) -> None:
+        self.name = f"iotcore_bench_{uuid.uuid4().hex[:8]}"
+
+    async def create(self) -> None:
+        conn = await asyncpg.connect(OWNER.format(db="postgres"))
+        try:
+            await conn.execute(f"CREATE DATABASE {self.name}")
+        finally:
+            await conn.close()
+        Migrator(OWNER.format(db=self.name), REPO / "migrations").up()
+
+    async def drop(self) -> None:
+        conn = await asyncpg.connect(OWNER.format(db="postgres"))
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+def environment(db: str, **extra: str) -> dict[str, str]:
+    return dict(
+        os.environ,
+        IOT_DATABASE_URL=SERVICE.format(db=db),
+        IOT_DATABASE_OWNER_URL=OWNER.format(db=db),
+        IOT_REDIS_PREFIX=f"bench:{uuid.uuid4().hex[:8]}:",
+        IOT_LOG_LEVEL="WARNING",
+        IOT_REGISTER_MAX_PER_IP="100000",
+        IOT_CLAIM_MAX_FAILURES="1000000",  # 32 claims in flight count as attempts
+        **extra,
+    )
+
+
+@dataclass
+class Node:
+    db: Database
+    process: subprocess.Popen[bytes]
+    base: str
+    broker_port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+        await self.db.drop()
+
+
+async def start_node(max_connections: int) -> Node:
+    """A fresh migrated database and `iotcore run` (API + embedded broker) on free ports,
+    ready to serve; `stop()` ends the node and drops the database."""
+    db = Database()
+    await db.create()
+    http_port, broker_port = free_port(), free_port()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "iotcore.cli", "run"],
+            env=environment(
+                db.name,
+                IOT_HTTP_PORT=str(http_port),
+                IOT_BROKER_PORT=str(broker_port),
+                IOT_METRICS_PORT=str(free_port()),
+                IOT_BROKER_MAX_CONNECTIONS=str(max_connections),
+            ),
+        )
+    except BaseException:
+        await db.drop()
+        raise
+    node = Node(db, process, f"http://127.0.0.1:{http_port}", broker_port)
+    try:
+        wait_http(node.base + "/api/v1/health/ready", 60)
+    except BaseException:
+        await node.stop()
+        raise
+    return node
 
 
 @dataclass
@@ -64,3 +165,14 @@ async def claimed_devices(
         return BenchDevice(device["device_id"], answer["secret"], answer["mqtt"]["telemetry_topic"])
 
     return list(await asyncio.gather(*(claim(d) for d in provisioned)))
+
+
+def devices_file(devices: list[BenchDevice], path: Path) -> Path:
+    """One JSON line a device, as mqtt_devices.py --devices reads them."""
+    path.write_bytes(
+        b"\n".join(
+            orjson.dumps({"device_id": d.device_id, "secret": d.secret, "topic": d.topic})
+            for d in devices
+        )
+    )
+    return path
