@@ -15,40 +15,11 @@ from iotcore.platform.context import Platform
 from iotcore.telemetry.read.service import RollupSpan, TimeRange, aggregate_sources
 from tests.conftest import REPO_ROOT
 from tests.support.devices import DeviceCredentials, claimed_device
-from tests.support.telemetry import post_telemetry
+from tests.support.telemetry import load_readings, post_telemetry
 from tests.support.users import RegisteredUser, register
 
 Client = TestClient  # type: ignore[type-arg]
 BASE = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # a Monday, wholly in the past
-
-
-async def insert(
-    owner_conn: Any, tenant: Any, device: str, metric: str, points: list[tuple[datetime, float]]
-) -> None:
-    """Rows as the writer stores them: the readings, their hours marked for the rollups, and
-    the last one in telemetry_latest."""
-    tenant_id, device_id = uuid.UUID(str(tenant)), uuid.UUID(device)
-    await owner_conn.executemany(
-        "INSERT INTO telemetry VALUES ($1, $2, $3, $4, $5)",
-        [(tenant_id, device_id, metric, ts, v) for ts, v in points],
-    )
-    await owner_conn.execute(
-        "SELECT telemetry_rollup_mark($1, $2)",
-        min(points)[0],
-        max(points)[0] + timedelta(microseconds=1),
-    )
-    ts, value = max(points)
-    await owner_conn.execute(
-        "INSERT INTO telemetry_latest VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (tenant_id, device_id, metric) "
-        "DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value "
-        "WHERE telemetry_latest.ts < EXCLUDED.ts",
-        tenant_id,
-        device_id,
-        metric,
-        ts,
-        value,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +30,21 @@ async def seeded(
     device = await claimed_device(client, settings, owner)
     await owner_conn.execute("SELECT telemetry_ensure_partitions($1, 1)", BASE.date())
     # temp: one point a minute for 2 hours; hum: every 10 minutes.
-    await insert(
+    await load_readings(
         owner_conn,
         owner.tenant_id,
         device.device_id,
         "temp",
         [(BASE + timedelta(minutes=i), float(i)) for i in range(120)],
+        latest=True,
     )
-    await insert(
+    await load_readings(
         owner_conn,
         owner.tenant_id,
         device.device_id,
         "hum",
         [(BASE + timedelta(minutes=10 * i), 50.0 + i) for i in range(12)],
+        latest=True,
     )
     return owner, device
 
@@ -296,7 +269,9 @@ async def test_304_comes_from_redis_without_reading_the_database(
         url(device, "/telemetry/aggregate"), params=params, headers=owner.headers
     )
     assert (await first.json())["items"] == []
-    await insert(owner_conn, owner.tenant_id, device.device_id, "late", [(BASE, 1.0)])
+    await load_readings(
+        owner_conn, owner.tenant_id, device.device_id, "late", [(BASE, 1.0)], latest=True
+    )
     again = await client.get(
         url(device, "/telemetry/aggregate"),
         params=params,

@@ -32,7 +32,7 @@ from iotcore.telemetry.read.service import (
 from iotcore.telemetry.read.service import ORIGIN as ORIGIN_TS
 from tests.conftest import OWNER_URL, REPO_ROOT, with_database
 from tests.support.devices import DeviceCredentials, claimed_device
-from tests.support.telemetry import post_telemetry
+from tests.support.telemetry import load_readings, post_telemetry
 from tests.support.users import RegisteredUser, register
 
 Client = TestClient  # type: ignore[type-arg]
@@ -48,27 +48,6 @@ async def is_timescale(conn: Any) -> bool:
             "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"
         )
     )
-
-
-async def add_rows(
-    owner_conn: Any,
-    tenant: Any,
-    device: str,
-    points: list[tuple[datetime, float]],
-    *,
-    mark: bool = True,
-) -> None:
-    """Rows inserted as the owner (a bulk load); marked for the rollups unless told not to."""
-    await owner_conn.executemany(
-        "INSERT INTO telemetry VALUES ($1, $2, 'temp', $3, $4)",
-        [(uuid.UUID(str(tenant)), uuid.UUID(device), ts, v) for ts, v in points],
-    )
-    if mark:
-        await owner_conn.execute(
-            "SELECT telemetry_rollup_mark($1, $2)",
-            min(points)[0],
-            max(points)[0] + timedelta(microseconds=1),
-        )
 
 
 async def aggregate(
@@ -137,10 +116,11 @@ async def device(
     claimed = await claimed_device(client, settings, owner)
     await owner_conn.execute("SELECT telemetry_ensure_partitions($1, 4)", DAY0.date())
     # One point every 10 minutes for 3 days; integer values, so sums are exact.
-    await add_rows(
+    await load_readings(
         owner_conn,
         owner.tenant_id,
         claimed.device_id,
+        "temp",
         [(DAY0 + timedelta(minutes=10 * i), float(i)) for i in range(3 * 144)],
     )
     assert await refresh_rollups(owner_conn, settings) >= 72
@@ -164,7 +144,9 @@ async def test_whole_hours_and_days_come_from_the_rollups_and_the_rest_from_raw_
     # of a whole day: the hourly and daily answers do not see it, which proves they came from
     # the rollups; sub-hour buckets read the raw rows and do.
     slipped = DAY0 + timedelta(days=1, hours=5, minutes=5)
-    await add_rows(owner_conn, owner.tenant_id, claimed.device_id, [(slipped, 1000.0)], mark=False)
+    await load_readings(
+        owner_conn, owner.tenant_id, claimed.device_id, "temp", [(slipped, 1000.0)], mark=False
+    )
     hourly = await aggregate(client, owner, claimed, bucket="1h", **window)
     daily = await aggregate(client, owner, claimed, bucket="1d", **window)
     assert max(b["max"] for b in hourly) < 1000 and max(b["max"] for b in daily) < 1000
@@ -261,7 +243,9 @@ async def test_rollups_equal_raw_rows_after_history_late_readings_and_a_purge(
 
     # A purge of another device of the tenant: its rows leave the rollups with the refresh.
     second = uuid.uuid4()
-    await add_rows(owner_conn, owner.tenant_id, str(second), [(DAY0 + timedelta(hours=2), 3.0)])
+    await load_readings(
+        owner_conn, owner.tenant_id, str(second), "temp", [(DAY0 + timedelta(hours=2), 3.0)]
+    )
     await refresh_rollups(owner_conn, settings)
     assert (
         await owner_conn.fetchval(
@@ -342,7 +326,7 @@ async def test_marked_hours_scattered_over_the_window_are_answered_from_raw_rows
     # Rows slipped in without marks (the rollups do not know them), then their hours marked.
     hours = [DAY0 + timedelta(hours=h) for h in (2, 9, 20, 31, 40, 47, 55, 66)]
     slipped = [(h + timedelta(minutes=7), 9000.0 + i) for i, h in enumerate(hours)]
-    await add_rows(owner_conn, owner.tenant_id, claimed.device_id, slipped, mark=False)
+    await load_readings(owner_conn, owner.tenant_id, claimed.device_id, "temp", slipped, mark=False)
     for h in hours:
         await owner_conn.execute("SELECT telemetry_rollup_mark($1, $2)", h, h + timedelta(hours=1))
     expected = {
@@ -351,7 +335,9 @@ async def test_marked_hours_scattered_over_the_window_are_answered_from_raw_rows
     }
     # One more without a mark, in a clean hour: answered from the rollup, it must not show.
     clean = DAY0 + timedelta(hours=60, minutes=7)
-    await add_rows(owner_conn, owner.tenant_id, claimed.device_id, [(clean, 3000.0)], mark=False)
+    await load_readings(
+        owner_conn, owner.tenant_id, claimed.device_id, "temp", [(clean, 3000.0)], mark=False
+    )
     for bucket, iso in (("3 hours", "PT3H"), ("1 day", "1d"), ("1 hour", "1h")):
         answer = await aggregate(client, owner, claimed, bucket=iso, **window)
         assert answer == expected[bucket], bucket

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from iotcore.config import Settings
 from iotcore.maintenance.jobs import refresh_rollups
 from tests.conftest import OWNER_URL, REPO_ROOT, SERVICE_URL, SUPERUSER_URL, with_database
 from tests.support.devices import claimed_device
-from tests.support.telemetry import post_telemetry
+from tests.support.telemetry import load_readings, post_telemetry
 from tests.support.users import register
 
 TABLES = ("tenants", "users", "devices", "audit_log", "telemetry", "telemetry_latest")
@@ -61,14 +60,13 @@ async def seed_history(owner_conn: Any, settings: Settings, tenant_id: Any, devi
     day0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     day0 -= timedelta(days=10)
     await owner_conn.execute("SELECT telemetry_ensure_partitions($1, 2)", day0.date())
-    await owner_conn.executemany(
-        "INSERT INTO telemetry VALUES ($1, $2, 'h', $3, $4)",
-        [
-            (tenant_id, uuid.UUID(device_id), day0 + timedelta(minutes=15 * i), i)
-            for i in range(192)
-        ],
+    await load_readings(
+        owner_conn,
+        tenant_id,
+        device_id,
+        "h",
+        [(day0 + timedelta(minutes=15 * i), float(i)) for i in range(192)],
     )
-    await owner_conn.execute("SELECT telemetry_rollup_mark($1, NULL)", day0)
     await refresh_rollups(owner_conn, settings)
     if await owner_conn.fetchval(
         "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from iotcore.config import Settings
 from iotcore.maintenance.jobs import refresh_rollups, run_once
 from tests.support.devices import DeviceCredentials, claimed_device
+from tests.support.telemetry import load_readings
 from tests.support.users import RegisteredUser, register
 
 pytestmark = pytest.mark.timescale
@@ -39,15 +40,14 @@ async def seeded(
     """Two days of readings 12 days ago, rolled up, then their chunks compressed."""
     owner = await register(client)
     device = await claimed_device(client, settings, owner)
-    await owner_conn.executemany(
-        "INSERT INTO telemetry VALUES ($1, $2, $3, $4, $5)",
-        [
-            (owner.tenant_id, uuid.UUID(device.device_id), m, DAY0 + timedelta(minutes=5 * i), i)
-            for i in range(2 * 288)
-            for m in ("a", "b")
-        ],
-    )
-    await owner_conn.execute("SELECT telemetry_rollup_mark($1, NULL)", DAY0)
+    for metric in ("a", "b"):
+        await load_readings(
+            owner_conn,
+            owner.tenant_id,
+            device.device_id,
+            metric,
+            [(DAY0 + timedelta(minutes=5 * i), float(i)) for i in range(2 * 288)],
+        )
     await refresh_rollups(owner_conn, settings)
     return owner, device
 
