@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from iotcore.auth import routes as auth_routes
 from iotcore.commands import routes as commands_routes
@@ -16,8 +15,7 @@ from iotcore.platform import docs, health, scrape
 from iotcore.platform.context import PLATFORM_KEY, SETTINGS_KEY, Platform
 from iotcore.platform.http import listeners
 from iotcore.platform.http.endpoints import Endpoint, add_endpoints
-from iotcore.platform.http.middleware import add_request_id_header, observe_middleware
-from iotcore.platform.http.server import hide_server_banner
+from iotcore.platform.http.middleware import add_response_headers, observe
 from iotcore.platform.openapi import CONTRACT_VERSION
 from iotcore.telemetry.ingest import routes as telemetry_ingest_routes
 from iotcore.telemetry.read import routes as telemetry_read_routes
@@ -37,16 +35,14 @@ def create_app(
     """Build the API. A `platform` passed in is shared with other roles of the process and is
     then started and closed by its owner, not by the app. With `internal_port`, /metrics and
     the broker hooks answer only on that port and the public OpenAPI leaves them out."""
-    middlewares: list[Middleware] = [observe_middleware]
-    if internal_port is not None:
-        middlewares.append(listeners.internal_only(internal_port))
-    app = web.Application(middlewares=middlewares, client_max_size=settings.http_max_body_bytes)
+    app = web.Application(
+        middlewares=[observe(internal_port)], client_max_size=settings.http_max_body_bytes
+    )
     owns_platform = platform is None
     platform = platform or Platform.from_settings(settings)
     app[SETTINGS_KEY] = settings
     app[PLATFORM_KEY] = platform
-    app.on_response_prepare.append(add_request_id_header)
-    app.on_response_prepare.append(hide_server_banner)
+    app.on_response_prepare.append(add_response_headers)
     health.install(app, platform)
 
     if owns_platform:

@@ -151,7 +151,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument(
+        "--keep", type=Path, help="keep the callgrind files here (for callgrind_annotate)"
+    )
     args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        asyncio.run(measure(args, args.keep))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(measure(args, Path(tmp)))
 

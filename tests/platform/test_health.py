@@ -44,6 +44,16 @@ async def test_metrics_count_requests_by_route_template(client: Client) -> None:
     assert "iotcore_http_request_duration_seconds_bucket" in text
 
 
+async def test_metrics_count_unknown_methods_as_other(client: Client) -> None:
+    """Methods beyond the usual ones (the parser knows WebDAV's and more) share one label."""
+    for method in ("PROPFIND", "PURGE"):
+        response = await client.request(method, "/api/v1/health/live")
+        assert response.status == 405
+    text = await (await client.get("/metrics")).text()
+    assert 'iotcore_http_requests_total{method="other",route="unmatched",status="405"} 2.0' in text
+    assert "PROPFIND" not in text and "PURGE" not in text
+
+
 async def wait_for_status(client: Client, status: int, within_s: float) -> tuple[float, Any]:
     started = time.monotonic()
     body: Any = None

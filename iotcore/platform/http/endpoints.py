@@ -41,6 +41,9 @@ class Endpoint:
     deprecation: Deprecation | None = None
 
     def route_handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        if self.query is None and self.body is None and self.deprecation is None:
+            return self.handler  # nothing to add: no wrapper (a coroutine per request) either
+
         async def handle(request: web.Request) -> web.StreamResponse:
             kwargs: dict[str, Any] = {}
             if self.query is not None:
