@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from functools import cached_property
 
 from iotcore.platform.redis import Redis
 
@@ -136,6 +137,12 @@ class Bucket:
     rate_per_s: float
     burst: float
 
+    @cached_property
+    def encoded(self) -> tuple[bytes, bytes, bytes]:
+        """The key, rate and burst as the script takes them (as the Redis client would
+        encode them), encoded once: a caller that keeps its buckets saves it every call."""
+        return self.key.encode(), repr(self.rate_per_s).encode(), repr(self.burst).encode()
+
 
 class TokenBuckets:
     """Token buckets in Redis. The takes of concurrent requests that arrive in the same turn
@@ -168,13 +175,16 @@ class TokenBuckets:
         task.add_done_callback(lambda done: _settle(done, [p[3] for p in pending]))
 
     async def _many(self, requests: list[tuple[list[Bucket], int, float]]) -> list[float]:
-        keys: list[str] = []
-        args: list[float] = [max(r[1] for r in requests)]
+        keys: list[bytes] = []
+        args: list[bytes] = [repr(max(r[1] for r in requests)).encode()]
         for buckets, _, cost in requests:
-            keys.extend(b.key for b in buckets)
-            args.extend((len(buckets), cost))
+            args.append(repr(len(buckets)).encode())
+            args.append(repr(cost).encode())
             for bucket in buckets:
-                args.extend((bucket.rate_per_s, bucket.burst))
+                key, rate, burst = bucket.encoded
+                keys.append(key)
+                args.append(rate)
+                args.append(burst)
         waits = await self._take_many(keys=keys, args=args)
         return [int(w) / 1000 for w in waits]
 

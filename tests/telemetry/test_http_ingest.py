@@ -70,10 +70,12 @@ async def test_first_telemetry_makes_the_device_active(client: Client, settings:
         ({"metrics": {"x": 1}, "ts": 946684800000}, "ts_out_of_range"),
         ({"metrics": {f"m{i}": i for i in range(101)}}, "too_many_metrics"),
         ({"metrics": {}}, "invalid_shape"),
+        ({"ts": NOW_MS()}, "invalid_shape"),
+        (5, "invalid_shape"),
     ],
 )
 async def test_each_bad_point_is_rejected_with_its_reason_and_the_rest_stored(
-    client: Client, settings: Settings, owner_conn: Any, point: dict[str, Any], reason: str
+    client: Client, settings: Settings, owner_conn: Any, point: Any, reason: str
 ) -> None:
     owner = await register(client)
     device = await claimed_device(client, settings, owner)
@@ -116,6 +118,31 @@ async def test_whole_body_problems(client: Client, settings: Settings, owner_con
         await rejects(owner_conn, device.device_id)
     )
     assert await stored_rows(owner_conn, device.device_id) == []
+
+
+async def test_content_type_parameters_are_accepted(client: Client, settings: Settings) -> None:
+    device = await claimed_device(client, settings, await register(client))
+    for content_type in ("application/json; charset=utf-8", "Application/JSON"):
+        response = await client.post(
+            "/api/v1/telemetry",
+            data=b'{"metrics": {"a": 1}}',
+            headers={**basic(device.device_id, device.secret), "Content-Type": content_type},
+        )
+        assert response.status == 202, content_type
+
+
+async def test_malformed_basic_credentials_are_401(client: Client, settings: Settings) -> None:
+    device = await claimed_device(client, settings, await register(client))
+    good = basic(device.device_id, device.secret)["Authorization"].removeprefix("Basic ")
+    for token in ("!!!", good + "=", good.rstrip("=") + "=A", "=" + good, good[:-2]):
+        response = await client.post(
+            "/api/v1/telemetry",
+            json={"metrics": {"a": 1}},
+            headers={"Authorization": f"Basic {token}"},
+        )
+        assert response.status == 401, token
+    # The same credentials, well formed, are fine: only the encoding was refused.
+    assert (await post_telemetry(client, device, {"metrics": {"a": 1}})).status == 202
 
 
 async def test_tenant_mismatch_is_403(client: Client, settings: Settings, owner_conn: Any) -> None:

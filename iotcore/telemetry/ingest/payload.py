@@ -85,52 +85,78 @@ class PayloadParser:
                 tenant_id = str(UUID(str(tenant_id)))
             except ValueError as exc:
                 raise PayloadRejected("invalid_shape", "tenant_id must be a UUID.") from exc
+        parsed = ParsedPayload(tenant_id=tenant_id)
         if "points" in body:
             raw_points = body["points"]
             if not isinstance(raw_points, list) or not raw_points:
                 raise PayloadRejected("invalid_shape", "points must be a non-empty list.")
+            if len(raw_points) > self._max_points:
+                raise PayloadRejected(
+                    "too_many_points", f"At most {self._max_points} points per message."
+                )
+            for index, raw_point in enumerate(raw_points):
+                if isinstance(raw_point, dict):
+                    self._point(
+                        raw_point.get("ts"), raw_point.get("metrics"), index, received_at, parsed
+                    )
+                else:
+                    parsed.rejects.append(("invalid_shape", _needs_metrics(index)))
         elif "metrics" in body:
-            raw_points = [{"ts": body.get("ts"), "metrics": body["metrics"]}]
+            self._point(body.get("ts"), body["metrics"], 0, received_at, parsed)
         else:
             raise PayloadRejected("invalid_shape", "Send metrics or points.")
-        if len(raw_points) > self._max_points:
-            raise PayloadRejected(
-                "too_many_points", f"At most {self._max_points} points per message."
-            )
-        parsed = ParsedPayload(tenant_id=tenant_id)
-        for index, raw_point in enumerate(raw_points):
-            self._point(raw_point, index, received_at, parsed)
         return parsed
 
-    def _point(self, raw: Any, index: int, received_at: datetime, out: ParsedPayload) -> None:
-        where = f"points[{index}]"
-        if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), dict):
-            out.rejects.append(("invalid_shape", f"{where}: needs a metrics object"))
+    def _point(
+        self, raw_ts: Any, metrics: Any, index: int, received_at: datetime, out: ParsedPayload
+    ) -> None:
+        # The reasons name the point (points[i]) only when one is refused.
+        if not isinstance(metrics, dict):
+            out.rejects.append(("invalid_shape", _needs_metrics(index)))
             return
-        metrics = raw["metrics"]
         if not metrics:
-            out.rejects.append(("invalid_shape", f"{where}: metrics is empty"))
+            out.rejects.append(("invalid_shape", f"points[{index}]: metrics is empty"))
             return
         if len(metrics) > self._max_metrics:
-            out.rejects.append(("too_many_metrics", f"{where}: over {self._max_metrics} metrics"))
+            out.rejects.append(
+                ("too_many_metrics", f"points[{index}]: over {self._max_metrics} metrics")
+            )
             return
-        try:
-            ts = _parse_ts(raw.get("ts"), received_at)
-        except (ValueError, OverflowError, OSError):
-            out.rejects.append(("invalid_ts", f"{where}: ts is not a valid time"))
-            return
-        age = (received_at - ts).total_seconds()
-        if age > self._max_past or -age > self._max_future:
-            out.rejects.append(("ts_out_of_range", f"{where}: ts outside the accepted window"))
-            return
-        values: dict[str, float] = {}
-        for name, value in metrics.items():
-            if not METRIC_NAME.fullmatch(name):
-                out.rejects.append(("invalid_metric_name", f"{where}: bad metric name"))
-                return
+        if raw_ts is None:
+            ts = received_at  # inside the window by definition
+        else:
             try:
-                values[name] = _value(value)
-            except ValueError:
-                out.rejects.append(("invalid_value", f"{where}.{name}: not a finite number"))
+                ts = _parse_ts(raw_ts, received_at)
+            except (ValueError, OverflowError, OSError):
+                out.rejects.append(("invalid_ts", f"points[{index}]: ts is not a valid time"))
                 return
+            age = (received_at - ts).total_seconds()
+            if age > self._max_past or -age > self._max_future:
+                out.rejects.append(
+                    ("ts_out_of_range", f"points[{index}]: ts outside the accepted window")
+                )
+                return
+        values: dict[str, float] = {}
+        fullmatch = METRIC_NAME.fullmatch
+        for name, value in metrics.items():
+            if not fullmatch(name):
+                out.rejects.append(("invalid_metric_name", f"points[{index}]: bad metric name"))
+                return
+            kind = type(value)
+            if kind is float and math.isfinite(value):
+                values[name] = value
+            elif kind is int:
+                values[name] = float(value)  # orjson's ints fit in 64 bits: always finite
+            else:
+                try:
+                    values[name] = _value(value)
+                except ValueError:
+                    out.rejects.append(
+                        ("invalid_value", f"points[{index}].{name}: not a finite number")
+                    )
+                    return
         out.points.append(Point(ts, values))
+
+
+def _needs_metrics(index: int) -> str:
+    return f"points[{index}]: needs a metrics object"

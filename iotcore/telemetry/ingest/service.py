@@ -30,6 +30,7 @@ from iotcore.telemetry.ingest.writer import TelemetryWriter
 
 EXCERPT_BYTES = 256
 TOPIC_CACHE_SIZE = 100_000
+BUCKETS_CACHE_SIZE = 100_000
 _MISSING = object()
 
 
@@ -64,6 +65,9 @@ class TelemetryIngest:
         self._device_rate = (settings.rate_limit_device_per_s, settings.rate_limit_device_burst)
         self._tenant_rate = (settings.rate_limit_tenant_per_s, settings.rate_limit_tenant_burst)
         self._floor = settings.rate_limit_request_floor
+        self._max_cost = min(settings.rate_limit_device_burst, settings.rate_limit_tenant_burst)
+        # Each device's buckets, keyed by (tenant, device): built once, not per request.
+        self._rate_buckets: dict[tuple[UUID | None, UUID], list[Bucket]] = {}
 
     # ------------------------------------------------------------------ MQTT
 
@@ -184,16 +188,15 @@ class TelemetryIngest:
         raise parsed.error
 
     async def check_rate(self, identity: DeviceIdentity, readings: int) -> None:
-        redis = self._platform.redis
-        buckets = [
-            Bucket(
-                redis.key("tb", "device", str(identity.tenant_id), str(identity.device_id)),
-                *self._device_rate,
-            ),
-            Bucket(redis.key("tb", "tenant", str(identity.tenant_id)), *self._tenant_rate),
-        ]
+        device = (identity.tenant_id, identity.device_id)
+        buckets = self._rate_buckets.get(device)
+        if buckets is None:
+            buckets = self._device_buckets(identity)
+            if len(self._rate_buckets) >= BUCKETS_CACHE_SIZE:
+                self._rate_buckets.clear()
+            self._rate_buckets[device] = buckets
         # More than a bucket can ever hold is charged a full bucket, so that it can pass.
-        cost = min(max(self._floor, readings), *(b.burst for b in buckets))
+        cost = min(max(self._floor, readings), self._max_cost)
         try:
             wait = await self._buckets.take(buckets, int(time.time() * 1000), cost)
         except Exception as exc:  # Redis unreachable: the configured failure mode decides
@@ -203,6 +206,14 @@ class TelemetryIngest:
         if wait > 0:
             RATE_LIMITED.labels("telemetry").inc()
             raise RateLimited(int(wait) + 1)
+
+    def _device_buckets(self, identity: DeviceIdentity) -> list[Bucket]:
+        redis = self._platform.redis
+        tenant = str(identity.tenant_id)
+        return [
+            Bucket(redis.key("tb", "device", tenant, str(identity.device_id)), *self._device_rate),
+            Bucket(redis.key("tb", "tenant", tenant), *self._tenant_rate),
+        ]
 
     def _parse_http(self, identity: DeviceIdentity, raw: bytes) -> Submission | _Refused:
         assert identity.tenant_id is not None
