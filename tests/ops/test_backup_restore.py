@@ -77,6 +77,20 @@ async def seed_history(owner_conn: Any, settings: Settings, tenant_id: Any, devi
         )
 
 
+async def ops_script(
+    name: str, *args: str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """ops/<name> as an operator runs it, in a thread so as not to block the event loop."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        ["bash", str(REPO_ROOT / "ops" / name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 async def test_backup_then_restore_into_a_new_database(
     client: TestClient,
     settings: Settings,
@@ -99,12 +113,10 @@ async def test_backup_then_restore_into_a_new_database(
 
     dump = tmp_path / "iotcore.dump"
     backup_url = with_database(OWNER_URL, database).replace("iotcore_owner", "iotcore_backup")
-    result = await asyncio.to_thread(
-        subprocess.run,
-        ["bash", str(REPO_ROOT / "ops/backup.sh"), str(dump)],
+    result = await ops_script(
+        "backup.sh",
+        str(dump),
         env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "IOT_BACKUP_URL": backup_url},
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -121,14 +133,7 @@ async def test_backup_then_restore_into_a_new_database(
         # timescaledb_pre_restore() sets (a COPY into a chunk then fails: "could not find
         # hypertable with id 1"): restore.sh asks for the mode in every session itself.
         restore_env["PGOPTIONS"] = "-c timescaledb.restoring=off"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        ["bash", str(REPO_ROOT / "ops/restore.sh"), str(dump), target],
-        env=restore_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await ops_script("restore.sh", str(dump), target, env=restore_env, timeout=300)
     try:
         assert result.returncode == 0, result.stderr
         assert await counts(with_database(OWNER_URL, target)) == before
@@ -156,14 +161,7 @@ async def test_backup_then_restore_into_a_new_database(
         assert tenants == {owner.tenant_id}
         assert rows == 2 + 192
         assert hourly == rows, "the hourly rollup came back complete"
-        again = await asyncio.to_thread(
-            subprocess.run,
-            ["bash", str(REPO_ROOT / "ops/restore.sh"), str(dump), target],
-            env=restore_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        again = await ops_script("restore.sh", str(dump), target, env=restore_env, timeout=60)
         assert again.returncode == 2, "restoring over an existing database is refused"
     finally:
         # As the superuser: the service role's session above may not have ended yet, and
