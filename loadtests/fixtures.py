@@ -41,17 +41,16 @@ class Database:
         self.name = f"iotcore_bench_{uuid.uuid4().hex[:8]}"
 
     async def create(self) -> None:
-        conn = await asyncpg.connect(OWNER.format(db="postgres"))
-        try:
-            await conn.execute(f"CREATE DATABASE {self.name}")
-        finally:
-            await conn.close()
+        await self._on_server(f"CREATE DATABASE {self.name}")
         Migrator(OWNER.format(db=self.name), REPO / "migrations").up()
 
     async def drop(self) -> None:
+        await self._on_server(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+    async def _on_server(self, sql: str) -> None:
         conn = await asyncpg.connect(OWNER.format(db="postgres"))
         try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+            await conn.execute(sql)
         finally:
             await conn.close()
 

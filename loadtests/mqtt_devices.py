@@ -32,6 +32,7 @@ from mqtt_wire import (
     next_frame,
     puback,
     publish_qos1,
+    run_generator,
     subscribe_packet,
 )
 
@@ -278,13 +279,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0, help="connect, hold this long, exit")
     parser.add_argument("--answer", type=float, default=0, help="answer commands this long")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    sys.stdout.write(orjson.dumps(asyncio.run(run(args))).decode() + "\n")
+    run_generator(run(args))
 
 
 if __name__ == "__main__":

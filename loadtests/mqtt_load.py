@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 import uuid
 
-import orjson
-from mqtt_wire import DISCONNECT, PUBACK, connect_packet, encoded, publish_qos1
+from mqtt_wire import DISCONNECT, PUBACK, connect_packet, encoded, publish_qos1, run_generator
 
 
 class Connection:
@@ -151,13 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.count and not args.rate:
         parser.error("give --count or --rate")
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    sys.stdout.write(orjson.dumps(asyncio.run(run(args))).decode() + "\n")
+    run_generator(run(args))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,13 @@ the CPU the system under test needs."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
 
 CONNACK = 0x20
 PUBLISH_QOS1 = 0x32
@@ -72,3 +78,15 @@ def next_frame(buffer: bytes, pos: int) -> tuple[int, int, int] | None:
     if i + size > len(buffer):
         return None
     return buffer[pos], i, i + size
+
+
+def run_generator(main: Coroutine[Any, Any, Any]) -> None:
+    """A load generator's run, on uvloop where it is installed; its result is the last line
+    on stdout, as JSON, which the benchmarks read."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    sys.stdout.write(orjson.dumps(asyncio.run(main)).decode() + "\n")
