@@ -6,6 +6,7 @@ told through its REST API), no default ingest password, and every connection is 
 from __future__ import annotations
 
 import base64
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -402,6 +403,44 @@ async def test_non_canonical_uuid_client_ids_are_refused(
             code, _ = await mqtt.connect(creds.device_id, username=spelling, password=creds.secret)
             assert code == 4, f"user name {spelling!r} must be refused"
     assert (await connected(broker, creds)) is not None
+
+
+async def test_malformed_publish_on_the_own_telemetry_topic_disconnects_and_stores_nothing(
+    client: Client, settings: Settings, broker: EmbeddedBroker, owner_conn: Any
+) -> None:
+    creds = await device(client, settings)
+    topic = creds.telemetry_topic.encode()
+    body = b'{"metrics":{"bad":1}}'
+    malformed = [
+        publish_packet(creds.telemetry_topic, body, 1, 0),  # packet id 0 (2.3.1-1)
+        b"\x32" + bytes((2 + len(topic),)) + struct.pack("!H", len(topic)) + topic,  # no id
+        # QoS 0 whose remaining length (5) ends inside the topic, the rest of which follows
+        # (as the start of an incomplete packet: only this one can end the connection).
+        b"\x30\x05" + struct.pack("!H", len(topic)) + topic,
+    ]
+    for packet in malformed:
+        mqtt = await connected(broker, creds)
+        mqtt.send(packet)
+        assert await mqtt.closed_by_broker(), "a malformed publish ends the connection"
+    assert await count_rows(owner_conn, creds.device_id) == 0
+
+
+async def test_qos0_telemetry_is_stored_without_a_puback(
+    client: Client, settings: Settings, broker: EmbeddedBroker, owner_conn: Any
+) -> None:
+    creds = await device(client, settings)
+    mqtt = await connected(broker, creds)
+    # Retain means nothing for telemetry (it is stored, never retained).
+    mqtt.send(publish_packet(creds.telemetry_topic, b'{"metrics":{"q0":1}}', 0, retain=True))
+    mqtt.send(b"\xc0\x00")  # PINGREQ: its answer is the first packet back
+    packet = await mqtt.read()
+    assert packet is not None and packet.kind == PINGRESP
+    assert await eventually(lambda: _rows(owner_conn, creds.device_id, 1))
+    assert await alive(mqtt)
+
+
+async def _rows(owner_conn: Any, device_id: str, expected: int) -> bool:
+    return await count_rows(owner_conn, device_id) == expected
 
 
 async def test_denied_publish_disconnects_and_stores_nothing(

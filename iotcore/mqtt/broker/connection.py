@@ -46,6 +46,7 @@ class Connection(asyncio.Protocol):
         self.telemetry_topic = ""
         self.topic_base = ""  # tenants/{t}/devices/{d} of the accepted device
         self.status_topic = ""
+        self.telemetry_prefix = b""  # the telemetry topic as a PUBLISH carries it (length, UTF-8)
         self.presence_gen = 0  # this connection's presence generation (epoch ms)
         self.taken_over = False  # ended by a new connection of the same client id
         self.acks: deque[Ack] = deque()
@@ -88,14 +89,33 @@ class Connection(asyncio.Protocol):
         pos = 0
         broker = self.broker
         max_size = broker.max_packet_bytes
+        prefix = self.telemetry_prefix
+        # No body is longer than max_size: no fast path before the CONNECT is accepted.
+        topic_end = len(prefix) if prefix else max_size + 1
         try:
             while not self.closed:
                 frame = packets.read_frame(buffer, pos, max_size)
                 if frame is None:
                     break
                 first, start, end = frame
-                body = bytes(buffer[start:end])
                 pos = end
+                # The usual packet: telemetry on the device's own topic at QoS 0 or 1. Its
+                # topic matched as encoded bytes needs no decoding nor topic checks; anything
+                # else (or malformed) takes the general way below.
+                if (
+                    first & 0xF4 == 0x30
+                    and end - start >= topic_end
+                    and buffer.startswith(prefix, start)
+                ):
+                    at = start + topic_end
+                    if not first & 0x02:
+                        broker.telemetry(self, bytes(buffer[at:end]), 0)
+                        continue
+                    packet_id = buffer[at] << 8 | buffer[at + 1] if at + 2 <= end else 0
+                    if packet_id:
+                        broker.telemetry(self, bytes(buffer[at + 2 : end]), packet_id)
+                        continue
+                body = bytes(buffer[start:end])
                 kind, flags = first >> 4, first & 0x0F
                 if self.grant is None:
                     if kind != packets.CONNECT:
@@ -142,6 +162,8 @@ class Connection(asyncio.Protocol):
         self.grant = grant
         self.session = session
         self.telemetry_topic = grant.telemetry_topic
+        encoded = grant.telemetry_topic.encode()
+        self.telemetry_prefix = len(encoded).to_bytes(2, "big") + encoded
         self.topic_base = grant.telemetry_topic.removesuffix("/telemetry")
         self.status_topic = grant.telemetry_topic.removesuffix("telemetry") + "status"
         self.connecting = False

@@ -338,7 +338,7 @@ class EmbeddedBroker:
             connection.close(send_will=True)  # not offered; 3.1.1 has no way to refuse it
             return
         if message.topic == connection.telemetry_topic:
-            self._telemetry(connection, message)
+            self.telemetry(connection, message.payload, message.packet_id)
             return
         if not device_may(grant.identity, "publish", message.topic):
             # MQTT 3.1.1 has no negative PUBACK: a denied publish ends the connection, so
@@ -379,18 +379,20 @@ class EmbeddedBroker:
                 Message(message.topic, message.payload, min(granted, message.qos), False)
             )
 
-    def _telemetry(self, connection: Connection, message: packets.Publish) -> None:
+    def telemetry(self, connection: Connection, payload: bytes, packet_id: int) -> None:
+        """A PUBLISH on the connection's own telemetry topic (packet id 0: QoS 0)."""
         grant = connection.grant
         assert grant is not None
         submission = self._ingest.from_session(
-            grant.identity, message.topic, message.payload, datetime.now(UTC)
+            grant.login.identity, connection.telemetry_topic, payload, datetime.now(UTC)
         )
         pending = self._pending
-        pending.submissions.append(submission)
-        pending.rows += max(1, submission.rows)
-        if message.qos == 1:
-            ack = connection.owe_ack(message.packet_id, ready=False)
-            pending.acks.append((connection, ack, len(pending.submissions) - 1))
+        submissions = pending.submissions
+        submissions.append(submission)
+        pending.rows += submission.rows or 1
+        if packet_id:
+            ack = connection.owe_ack(packet_id, ready=False)
+            pending.acks.append((connection, ack, len(submissions) - 1))
         if pending.rows >= self._pending_limit:
             # The writer is behind: stop reading this client until the hand-off catches up.
             connection.hold()
