@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from iotcore.config import Settings, UnknownVariables, check_environment, get_settings
 from iotcore.platform.context import Platform
-from iotcore.platform.http.server import ApiRunner
+from iotcore.platform.http.server import ApiRunner, tune_gc_for_serving
 from iotcore.platform.logging import configure_logging
 from iotcore.platform.migrations import Migrator, check_directory
 from iotcore.tenants import cli as purge_cli
@@ -57,6 +57,7 @@ async def start_api(settings: Settings, platform: Platform | None = None) -> web
             runner, settings.http_host, settings.metrics_port, reuse_address=True
         )
         await internal.start()
+    tune_gc_for_serving()
     log.info("api listening", extra={"host": settings.http_host, "port": settings.http_port})
     print(f"iotcore api listening on http://{settings.http_host}:{settings.http_port}", flush=True)
     print(

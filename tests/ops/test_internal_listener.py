@@ -3,6 +3,7 @@ OpenAPI document do not offer them."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -61,3 +62,9 @@ async def test_public_openapi_leaves_internal_routes_out(ports: tuple[str, str])
         paths = (await response.json())["paths"]
     assert "/api/v1/health/ready" in paths
     assert not [p for p in paths if p == "/metrics" or p.startswith("/api/v1/mqtt/")]
+
+
+async def test_a_serving_api_collects_young_objects_less_often(ports: tuple[str, str]) -> None:
+    # start_api tuned the collector once the API was up (server.tune_gc_for_serving).
+    assert gc.get_threshold()[0] == 10_000
+    assert gc.get_freeze_count() > 0
