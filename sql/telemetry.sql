@@ -8,13 +8,15 @@
 -- forward). Newest values are kept per tenant, and only for devices the tenant holds when
 -- the device row is updated: that UPDATE waits for a reset holding the row, then no longer
 -- sees the device, so a write racing a reset leaves no latest values behind. Returns how many
--- rows were stored; with $5, the ordinals (1-based, in the arrays) of the stored rows, so
--- that the caller can tell each submission its count; and the (tenant_id, device_id, metric,
--- ts_ms, value) that became newest, for the cache.
+-- rows were stored; with $2, the ordinals (1-based, in $1) of the stored rows, so that the
+-- caller can tell each submission its count; and the (tenant_id, device_id, metric, ts_ms,
+-- value) that became newest, for the cache. The rows come as one JSON array of
+-- [device_id, metric, ts (RFC 3339), value]: for the client, encoding four arrays of
+-- objects cost several times more than the whole statement's JSON.
 WITH r AS (
-    SELECT *
-    FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[])
-         WITH ORDINALITY AS r(device_id, metric, ts, value, n)
+    SELECT (e->>0)::uuid AS device_id, e->>1 AS metric, (e->>2)::timestamptz AS ts,
+           (e->>3)::float8 AS value, n
+    FROM json_array_elements($1::json) WITH ORDINALITY AS j(e, n)
 ), ins AS (
     INSERT INTO telemetry_v (tenant_id, device_id, metric, ts, value)
     SELECT app_tenant_id(), device_id, metric, ts, value FROM r
@@ -50,7 +52,7 @@ WITH r AS (
 )
 SELECT
     (SELECT count(*) FROM ins) AS stored,
-    CASE WHEN $5::boolean THEN (
+    CASE WHEN $2::boolean THEN (
         SELECT coalesce(array_agg(first), '{}')
         FROM (
             SELECT min(r.n) AS first

@@ -112,28 +112,23 @@ class Written:
 
 
 class _Columns:
-    """One tenant group's rows as the column arrays the statement takes, and for each row
-    (when per-submission counts are wanted) the index of its submission in the batch."""
+    """One tenant group's rows, [device_id, metric, ts, value] each, as the statement takes
+    them (one JSON array), and for each row (when per-submission counts are wanted) the
+    index of its submission in the batch."""
 
-    __slots__ = ("devices", "metrics", "owners", "stamps", "values")
+    __slots__ = ("owners", "rows")
 
     def __init__(self) -> None:
-        self.devices: list[UUID] = []
-        self.metrics: list[str] = []
-        self.stamps: list[datetime] = []
-        self.values: list[float] = []
+        self.rows: list[list[Any]] = []
         self.owners: list[int] = []
 
     def add(self, index: int, submission: Submission, detailed: bool) -> None:
         device_id = submission.device_id
-        devices, metrics, stamps, values = self.devices, self.metrics, self.stamps, self.values
+        rows = self.rows
         for point in submission.points:
             ts = point.ts
             for metric, value in point.metrics.items():
-                devices.append(device_id)  # type: ignore[arg-type]
-                metrics.append(metric)
-                stamps.append(ts)
-                values.append(value)
+                rows.append([device_id, metric, ts, value])
             if detailed:
                 self.owners.extend([index] * len(point.metrics))
 
@@ -191,7 +186,7 @@ class TelemetryStore:
         for tenant_id, indexes in groups.items():
             columns = _columns(batch, indexes, detailed)
             tally.add(await self._statement(conn, tenant_id, columns, detailed), columns, detailed)
-            rows += len(columns.devices)
+            rows += len(columns.rows)
         rejects = [r for s in batch for r in s.rejects]
         if rejects:
             await self._insert_rejects(conn, rejects)
@@ -212,7 +207,7 @@ class TelemetryStore:
         rows = 0
         for tenant_id, indexes in groups.items():
             columns = _columns(batch, indexes, detailed)
-            rows += len(columns.devices)
+            rows += len(columns.rows)
             try:
                 async with conn.transaction():
                     row = await self._statement(conn, tenant_id, columns, detailed)
@@ -252,10 +247,7 @@ class TelemetryStore:
         await set_tenant(conn, tenant_id)
         row = await conn.fetchrow(
             self._sql["write_readings"],
-            columns.devices,
-            columns.metrics,
-            columns.stamps,
-            columns.values,
+            columns.rows,  # the connection encodes json with orjson (platform/db.py)
             detailed,
         )
         assert row is not None
