@@ -11,6 +11,8 @@ import asyncio
 from dataclasses import dataclass
 from functools import cached_property
 
+import orjson
+
 from iotcore.platform.redis import Redis
 
 # Attempt counters: KEYS = counters; ARGV = per key its limit, then its window (ms). If any
@@ -46,26 +48,25 @@ return 0
 """
 
 # Token buckets for one or many requests in one call: KEYS = every request's buckets in
-# turn; ARGV = now_ms, then per request: its number of buckets, its cost, (rate_per_s,
-# burst) per bucket. Each request is all or nothing: if any of its buckets lacks tokens,
-# none is charged and its wait (ms) until they have them is returned (0 = allowed).
-# Requests are charged one after the other, exactly as if each had made its own call.
+# turn; ARGV[1] = now_ms, ARGV[2] = a JSON array with per request [cost, then (rate_per_s,
+# burst) per bucket]: one argument for them all, as the client's cost is per argument. Each
+# request is all or nothing: if any of its buckets lacks tokens, none is charged and its
+# wait (ms) until they have them is returned (0 = allowed). Requests are charged one after
+# the other, exactly as if each had made its own call.
 _BUCKETS_MANY = """
 local now = tonumber(ARGV[1])
-local a = 2
+local requests = cjson.decode(ARGV[2])
 local k = 1
 local out = {}
-local r = 0
-while a <= #ARGV do
-  r = r + 1
-  local n = tonumber(ARGV[a])
-  local cost = tonumber(ARGV[a + 1])
-  a = a + 2
+for r = 1, #requests do
+  local request = requests[r]
+  local cost = request[1]
+  local n = (#request - 1) / 2
   local wait = 0
   local state = {}
   for i = 0, n - 1 do
-    local rate = tonumber(ARGV[a + 2 * i])
-    local burst = tonumber(ARGV[a + 2 * i + 1])
+    local rate = request[2 + 2 * i]
+    local burst = request[3 + 2 * i]
     local v = redis.call('HMGET', KEYS[k + i], 't', 'ts')
     local tokens = tonumber(v[1]) or burst
     local ts = tonumber(v[2]) or now
@@ -80,14 +81,13 @@ while a <= #ARGV do
   end
   if wait == 0 then
     for i = 0, n - 1 do
-      local rate = tonumber(ARGV[a + 2 * i])
-      local burst = tonumber(ARGV[a + 2 * i + 1])
+      local rate = request[2 + 2 * i]
+      local burst = request[3 + 2 * i]
       redis.call('HSET', KEYS[k + i], 't', state[i][1] - cost, 'ts', state[i][2])
       redis.call('PEXPIRE', KEYS[k + i], math.ceil(burst * 1000 / rate) + 1000)
     end
   end
   out[r] = wait
-  a = a + 2 * n
   k = k + n
 end
 return out
@@ -138,10 +138,10 @@ class Bucket:
     burst: float
 
     @cached_property
-    def encoded(self) -> tuple[bytes, bytes, bytes]:
-        """The key, rate and burst as the script takes them (as the Redis client would
-        encode them), encoded once: a caller that keeps its buckets saves it every call."""
-        return self.key.encode(), repr(self.rate_per_s).encode(), repr(self.burst).encode()
+    def encoded_key(self) -> bytes:
+        """The key as the client would encode it, once: a caller that keeps its buckets
+        saves that on every call."""
+        return self.key.encode()
 
 
 class TokenBuckets:
@@ -176,15 +176,15 @@ class TokenBuckets:
 
     async def _many(self, requests: list[tuple[list[Bucket], int, float]]) -> list[float]:
         keys: list[bytes] = []
-        args: list[bytes] = [repr(max(r[1] for r in requests)).encode()]
+        specs: list[list[float]] = []
         for buckets, _, cost in requests:
-            args.append(repr(len(buckets)).encode())
-            args.append(repr(cost).encode())
+            spec = [cost]
             for bucket in buckets:
-                key, rate, burst = bucket.encoded
-                keys.append(key)
-                args.append(rate)
-                args.append(burst)
+                keys.append(bucket.encoded_key)
+                spec.append(bucket.rate_per_s)
+                spec.append(bucket.burst)
+            specs.append(spec)
+        args = [repr(max(r[1] for r in requests)).encode(), orjson.dumps(specs)]
         waits = await self._take_many(keys=keys, args=args)
         return [int(w) / 1000 for w in waits]
 

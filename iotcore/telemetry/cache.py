@@ -21,21 +21,20 @@ from iotcore.telemetry.ingest.store import Submission
 log = logging.getLogger("iotcore.telemetry.cache")
 
 # Keep the newest value per metric, for many devices in one call: KEYS = one hash per
-# (tenant, device); ARGV = the hashes' TTL, then for each key a count n, then n times
-# (metric, ts_ms, value_json).
+# (tenant, device); ARGV[1] = the hashes' TTL, ARGV[2] = a JSON array with per key its
+# [metric, ts_ms, value_json] rows (one argument for them all: the client's cost is per
+# argument).
 _LATEST = """
-local a = 2
+local rows = cjson.decode(ARGV[2])
 for k = 1, #KEYS do
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  for i = 1, n do
-    local old = redis.call('HGET', KEYS[k], ARGV[a])
-    if (not old) or tonumber(cjson.decode(old)[1]) < tonumber(ARGV[a + 1]) then
-      redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 2])
+  local key = KEYS[k]
+  for _, row in ipairs(rows[k]) do
+    local old = redis.call('HGET', key, row[1])
+    if (not old) or tonumber(cjson.decode(old)[1]) < row[2] then
+      redis.call('HSET', key, row[1], row[3])
     end
-    a = a + 3
   end
-  redis.call('EXPIRE', KEYS[k], ARGV[1])
+  redis.call('EXPIRE', key, ARGV[1])
 end
 return 0
 """
@@ -72,14 +71,12 @@ class TelemetryCache:
                 pipe.expire(key, LIVE_TTL_S)
             if newest:
                 by_device: dict[tuple[str, str], list[list[Any]]] = defaultdict(list)
-                for row in newest:
-                    by_device[row[0], row[1]].append(row)
+                for tenant, device, metric, ts_ms, value in newest:
+                    by_device[tenant, device].append(
+                        [metric, ts_ms, orjson.dumps([ts_ms, value]).decode()]
+                    )
                 keys = [latest_key(redis, *tenant_device) for tenant_device in by_device]
-                args: list[str | bytes | int] = [LATEST_TTL_S]
-                for rows in by_device.values():
-                    args.append(len(rows))
-                    for _, _, metric, ts_ms, value in rows:
-                        args.extend((metric, ts_ms, orjson.dumps([ts_ms, value])))
+                args: list[int | bytes] = [LATEST_TTL_S, orjson.dumps(list(by_device.values()))]
                 await self._latest(keys=keys, args=args, client=pipe)
             await pipe.execute()
         except Exception:
