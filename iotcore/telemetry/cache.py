@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from iotcore.platform.redis import Redis
 from iotcore.telemetry.derived import LATEST_TTL_S, LIVE_TTL_S, LIVE_WINDOW_MS, latest_key, live_key
@@ -77,7 +78,14 @@ class TelemetryCache:
                     )
                 keys = [latest_key(redis, *tenant_device) for tenant_device in by_device]
                 args: list[int | bytes] = [LATEST_TTL_S, orjson.dumps(list(by_device.values()))]
-                await self._latest(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+                # evalsha queued directly: the Script object on a pipeline makes every
+                # execute ask SCRIPT EXISTS first, a round trip per batch.
+                pipe.evalsha(self._latest.sha, len(keys), *keys, *args)
+            try:
+                await pipe.execute()
+            except NoScriptError:
+                # Redis lost its scripts (restarted, or SCRIPT FLUSH); the rest of the
+                # pipeline ran. The Script object loads it again.
+                await self._latest(keys=keys, args=args)
         except Exception:
             log.warning("post-commit cache update failed", exc_info=True)

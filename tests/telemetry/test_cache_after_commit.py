@@ -36,3 +36,12 @@ async def test_latest_values_of_many_devices_in_one_call_and_never_an_older_one(
     )
     assert await _latest(platform, tenant, first) == {"a": [2_000, 1.5], "b": [2_000, 0.1 + 0.2]}
     assert await _latest(platform, tenant, second) == {"a": [4_000, 7.25]}
+
+
+async def test_latest_values_still_kept_after_redis_lost_its_scripts(platform: Platform) -> None:
+    cache = TelemetryCache(platform.redis)
+    tenant, device = str(uuid.uuid4()), str(uuid.uuid4())
+    await cache.after_commit([], [[tenant, device, "a", 1_000, 1.0]])
+    await platform.redis.client.script_flush()  # as after a Redis restart
+    await cache.after_commit([], [[tenant, device, "a", 2_000, 2.0]])
+    assert await _latest(platform, tenant, device) == {"a": [2_000, 2.0]}
