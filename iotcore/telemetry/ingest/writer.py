@@ -20,8 +20,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Hashable
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
-
+from iotcore.platform.backoff import Backoff
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import Overloaded
 from iotcore.platform.metrics import (
@@ -49,6 +48,10 @@ from iotcore.telemetry.ingest.store import (
 __all__ = ["Outcome", "Reject", "Submission", "TelemetryWriter", "Ticket", "WriteResult"]
 
 log = logging.getLogger("iotcore.telemetry.writer")
+
+# Waits between attempts at a batch while the database is away (platform/backoff.py).
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
 
 
 class Ticket:
@@ -214,20 +217,22 @@ class TelemetryWriter:
 
     async def _write_until_done(self, batch: list[_Queued]) -> None:
         submissions = [item.submission for item in batch]
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_transient),
-                wait=wait_random_exponential(multiplier=0.1, max=5),
-                before_sleep=self._retrying,
-                reraise=True,
-            ):
-                with attempt:
-                    started = time.perf_counter()
-                    written = await self._store.write(submissions)
-        except Exception as exc:  # neither transient nor a refusal: a bug; answer, don't ack
-            log.exception("batch write failed")
-            self._settle(batch, [NotRecorded(str(exc))] * len(batch))
-            return
+        backoff: Backoff | None = None
+        while True:
+            try:
+                started = time.perf_counter()
+                written = await self._store.write(submissions)
+                break
+            except Exception as exc:
+                if not is_transient(exc):  # nor a refusal: a bug; answer, don't ack
+                    log.exception("batch write failed")
+                    self._settle(batch, [NotRecorded(str(exc))] * len(batch))
+                    return
+                # Postgres is away: keep the batch, hold every ack, retry with backoff.
+                self.healthy = False
+                log.warning("batch write failed; retrying", extra={"error": type(exc).__name__})
+                backoff = backoff or Backoff(RETRY_FIRST_S, RETRY_MAX_S)
+                await backoff.wait()
         self.healthy = True
         WRITER_COMMIT_SECONDS.observe(time.perf_counter() - started)
         self._settle(batch, written.outcomes)
@@ -238,12 +243,6 @@ class TelemetryWriter:
             if isinstance(outcome, WriteResult) and outcome.refused is None
         ]
         await self.cache.after_commit(kept, written.newest)
-
-    def _retrying(self, state: RetryCallState) -> None:
-        # Postgres is away: keep the batch, hold every ack, retry with backoff.
-        self.healthy = False
-        error = state.outcome.exception() if state.outcome is not None else None
-        log.warning("batch write failed; retrying", extra={"error": type(error).__name__})
 
     def _settle(self, batch: list[_Queued], outcomes: list[Outcome]) -> None:
         for item, outcome in zip(batch, outcomes, strict=True):
