@@ -165,8 +165,11 @@ class TelemetryStore:
             if submission.tenant_id is not None and submission.device_id is not None:
                 groups[submission.tenant_id].append(index)
         try:
-            async with self._db.primary.acquire() as conn, conn.transaction():
-                return await self._write_all(conn, batch, groups, detailed)
+            # BEGIN and the first group's tenant in one round trip (db.tenant_transaction).
+            first = next(iter(groups), None)
+            begin = self._db.transaction() if first is None else self._db.tenant_transaction(first)
+            async with begin as conn:
+                return await self._write_all(conn, batch, groups, detailed, first)
         except Exception as exc:
             if not is_permanent(exc):
                 raise
@@ -179,13 +182,17 @@ class TelemetryStore:
         batch: list[Submission],
         groups: dict[UUID, list[int]],
         detailed: bool,
+        tenant_set: UUID | None,
     ) -> Written:
-        """The usual case: one statement per tenant group, no savepoints."""
+        """The usual case: one statement per tenant group, no savepoints. `tenant_set`: the
+        tenant the transaction already has."""
         tally = _Tally(len(batch))
         rows = 0
         for tenant_id, indexes in groups.items():
             columns = _columns(batch, indexes, detailed)
-            tally.add(await self._statement(conn, tenant_id, columns, detailed), columns, detailed)
+            if tenant_id != tenant_set:
+                await set_tenant(conn, tenant_id)
+            tally.add(await self._statement(conn, columns, detailed), columns, detailed)
             rows += len(columns.rows)
         rejects = [r for s in batch for r in s.rejects]
         if rejects:
@@ -210,7 +217,8 @@ class TelemetryStore:
             rows += len(columns.rows)
             try:
                 async with conn.transaction():
-                    row = await self._statement(conn, tenant_id, columns, detailed)
+                    await set_tenant(conn, tenant_id)
+                    row = await self._statement(conn, columns, detailed)
                 tally.add(row, columns, detailed)
                 continue
             except Exception as exc:
@@ -221,7 +229,8 @@ class TelemetryStore:
                 single = _columns(batch, [index], True)
                 try:
                     async with conn.transaction():
-                        row = await self._statement(conn, tenant_id, single, True)
+                        await set_tenant(conn, tenant_id)
+                        row = await self._statement(conn, single, True)
                     tally.add(row, single, True)
                 except Exception as exc:
                     if not is_permanent(exc):
@@ -242,9 +251,9 @@ class TelemetryStore:
         return _written(batch, tally, rows, detailed, rejects, refused, unrecorded)
 
     async def _statement(
-        self, conn: asyncpg.Connection, tenant_id: UUID, columns: _Columns, detailed: bool
+        self, conn: asyncpg.Connection, columns: _Columns, detailed: bool
     ) -> asyncpg.Record:
-        await set_tenant(conn, tenant_id)
+        """write_readings, in a transaction whose tenant is set."""
         row = await conn.fetchrow(
             self._sql["write_readings"],
             columns.rows,  # the connection encodes json with orjson (platform/db.py)
