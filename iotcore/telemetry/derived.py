@@ -8,15 +8,18 @@ telemetry_latest), so losing or clearing a key costs one read, never a wrong ans
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import orjson
 
 from iotcore.platform.redis import Redis
+from iotcore.platform.types import rfc3339_ms
 
 log = logging.getLogger("iotcore.telemetry.derived")
 
@@ -38,6 +41,14 @@ for _, digest in ipairs(digests) do
 end
 return redis.call('DEL', KEYS[1])
 """
+
+
+@functools.lru_cache(maxsize=8192)
+def rfc3339_ms_from_ms(ts_ms: int) -> str:
+    """An epoch-milliseconds time as the API writes times. Remembered: a device's metrics,
+    and many devices, share the instants they were sent at, and the latest-values read
+    formats each of them on every request."""
+    return rfc3339_ms(datetime.fromtimestamp(ts_ms / 1000, UTC))
 
 
 def latest_key(redis: Redis, tenant_id: UUID | str, device_id: UUID | str) -> str:

@@ -6,7 +6,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -18,7 +18,13 @@ from iotcore.platform.context import Platform
 from iotcore.platform.errors import NotFound, ValidationFailed
 from iotcore.platform.pagination import decode_cursor, encode_cursor
 from iotcore.platform.types import rfc3339_ms, within_range
-from iotcore.telemetry.derived import LATEST_TTL_S, EtagSlot, latest_key, remember_etag
+from iotcore.telemetry.derived import (
+    LATEST_TTL_S,
+    EtagSlot,
+    latest_key,
+    remember_etag,
+    rfc3339_ms_from_ms,
+)
 from iotcore.telemetry.ingest.payload import METRIC_NAME
 from iotcore.telemetry.read.schemas import (
     FUNCTIONS,
@@ -226,7 +232,9 @@ class TelemetryReader:
         cache (dropped on claim, reset and rotate in every replica) answers without a round
         trip; the telemetry itself is then read through the tenant-filtered views, so even a
         stale entry could not show another tenant's rows."""
-        identity = await self._registry.resolve(device_id)
+        found, identity = self._registry.cached(device_id)
+        if not found:
+            identity = await self._registry.resolve(device_id)
         if identity is None or identity.tenant_id != principal.tenant_id:
             raise NotFound("No such device.")
 
@@ -316,20 +324,19 @@ class TelemetryReader:
     async def _cached_latest(self, key: str) -> dict[str, Any] | None:
         """The writer's hash; None (use the database) when it is empty or Redis is down."""
         try:
-            raw = await self._redis.client.hgetall(key)
+            # decode_responses=False (platform/redis.py): names and values come as bytes.
+            raw = cast("dict[bytes, bytes]", await self._redis.client.hgetall(key))
         except Exception:
             log.warning("latest values cache unavailable; reading the database")
             return None
         if not raw:
             return None
         metrics = {}
-        for name, value in raw.items():
+        # Metric names are ASCII: byte order is the database read's order.
+        for name, value in sorted(raw.items()):
             ts_ms, number = orjson.loads(value)
-            metrics[name.decode() if isinstance(name, bytes) else name] = {
-                "ts": rfc3339_ms(datetime.fromtimestamp(ts_ms / 1000, UTC)),
-                "value": number,
-            }
-        return dict(sorted(metrics.items()))
+            metrics[name.decode()] = {"ts": rfc3339_ms_from_ms(ts_ms), "value": number}
+        return metrics
 
     async def aggregate(
         self, principal: UserPrincipal, device_id: UUID, query: AggregateQuery, span: TimeRange

@@ -15,7 +15,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -26,8 +25,7 @@ from aiohttp import web
 from iotcore.auth.principal import UserPrincipal
 from iotcore.platform.context import Platform
 from iotcore.platform.errors import RateLimited, Unauthenticated, Unavailable, ValidationFailed
-from iotcore.platform.types import rfc3339_ms
-from iotcore.telemetry.derived import live_key
+from iotcore.telemetry.derived import live_key, rfc3339_ms_from_ms
 
 TICKET_TTL_S = 60
 HEARTBEAT_S = 15
@@ -351,10 +349,6 @@ def _events(entry_id: bytes, fields: dict[bytes, bytes], device_ids: set[str]) -
     if events:
         events[-1] = b"id: " + entry_id + b"\n" + events[-1]
     return b"".join(events)
-
-
-def rfc3339_ms_from_ms(ts_ms: int) -> str:
-    return rfc3339_ms(datetime.fromtimestamp(ts_ms / 1000, UTC))
 
 
 LIVE_STREAM_KEY = web.AppKey("live_stream", LiveStream)
