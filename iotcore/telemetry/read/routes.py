@@ -207,7 +207,8 @@ ENDPOINTS: list[Endpoint] = [
 
 def setup(app: web.Application) -> None:
     platform = app[PLATFORM_KEY]
-    app[TELEMETRY_READER_KEY] = TelemetryReader(platform, app[DEVICE_REGISTRY_KEY])
+    reader = TelemetryReader(platform, app[DEVICE_REGISTRY_KEY])
+    app[TELEMETRY_READER_KEY] = reader
     live = LiveStream(platform)
     app[LIVE_STREAM_KEY] = live
 
@@ -216,6 +217,7 @@ def setup(app: web.Application) -> None:
 
     async def close(app: web.Application) -> None:
         await live.close()
+        await reader.close()
 
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(close)

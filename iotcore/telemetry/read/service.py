@@ -6,7 +6,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -21,6 +21,7 @@ from iotcore.platform.types import rfc3339_ms, within_range
 from iotcore.telemetry.derived import (
     LATEST_TTL_S,
     EtagSlot,
+    HashReads,
     latest_key,
     remember_etag,
     rfc3339_ms_from_ms,
@@ -44,6 +45,9 @@ PAST_MARGIN = timedelta(minutes=5)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+# Redis connections of the latest-values read (HashReads): enough for the requests one API
+# process has in flight between two answers from Redis.
+LATEST_READ_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,10 @@ class TelemetryReader:
         self._redis = platform.redis
         self._registry = registry
         self._retention_days = platform.settings.telemetry_retention_days
+        self._hashes = HashReads(platform.redis, LATEST_READ_CONNECTIONS)
+
+    async def close(self) -> None:
+        await self._hashes.close()
 
     async def ensure_visible(self, principal: UserPrincipal, device_id: UUID) -> None:
         """404 unless the device is claimed by the caller's tenant. The registry's short-TTL
@@ -324,8 +332,7 @@ class TelemetryReader:
     async def _cached_latest(self, key: str) -> dict[str, Any] | None:
         """The writer's hash; None (use the database) when it is empty or Redis is down."""
         try:
-            # decode_responses=False (platform/redis.py): names and values come as bytes.
-            raw = cast("dict[bytes, bytes]", await self._redis.client.hgetall(key))
+            raw = await self._hashes.hgetall(key)
         except Exception:
             log.warning("latest values cache unavailable; reading the database")
             return None
