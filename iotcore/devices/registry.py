@@ -104,15 +104,19 @@ class DeviceRegistry:
             except Exception:
                 log.exception("device invalidation listener failed")
 
-    async def _credentials(self, device_id: UUID, cached: bool = True) -> _Credentials | None:
+    async def _credentials(
+        self, device_id: UUID, cached: bool = True, key: str | None = None
+    ) -> _Credentials | None:
+        """`key`: str(device_id) when the caller has it already (UUID.__str__ is Python)."""
+        key = key or str(device_id)
         if not cached:
-            return await self._look_up(device_id)
-        found, credentials = self._cache.get(str(device_id))
+            return await self._look_up(device_id, key)
+        found, credentials = self._cache.get(key)
         if found:
             return credentials
         loading = self._loading.get(device_id)
         if loading is None:
-            loading = asyncio.ensure_future(self._look_up(device_id))
+            loading = asyncio.ensure_future(self._look_up(device_id, key))
             loading.add_done_callback(self._loaded(device_id))
             self._loading[device_id] = loading
         # Shielded: a caller that goes away (a client disconnecting) does not cancel the
@@ -128,34 +132,36 @@ class DeviceRegistry:
 
         return done
 
-    async def _look_up(self, device_id: UUID) -> _Credentials | None:
+    async def _look_up(self, device_id: UUID, key: str) -> _Credentials | None:
         fetched_at = time.monotonic()
         DEVICE_LOOKUPS.inc()
         # One statement on its own (no BEGIN/COMMIT around it): one round trip, not three.
         row = await self._platform.db.primary.fetchrow(self._sql["credentials"], device_id)
         credentials = _Credentials(**dict(row)) if row else None
-        self._cache.put(str(device_id), credentials, fetched_at)
+        self._cache.put(key, credentials, fetched_at)
         return credentials
 
-    def cached(self, device_id: UUID) -> tuple[bool, DeviceIdentity | None]:
+    def cached(self, device_id: UUID, key: str | None = None) -> tuple[bool, DeviceIdentity | None]:
         """(found, identity) from the cache alone: the consumer's fast path, no await."""
-        found, credentials = self._cache.get(str(device_id))
+        found, credentials = self._cache.get(key or str(device_id))
         return found, _identity(device_id, credentials)
 
-    async def resolve(self, device_id: UUID) -> DeviceIdentity | None:
-        return _identity(device_id, await self._credentials(device_id))
+    async def resolve(self, device_id: UUID, key: str | None = None) -> DeviceIdentity | None:
+        return _identity(device_id, await self._credentials(device_id, key=key))
 
     async def authenticate(self, device_id: str, secret: str) -> DeviceIdentity | None:
         parsed = parse_uuid(device_id)
         if parsed is None:
             return None
-        login = await self.login(parsed, secret)
+        login = await self.login(parsed, secret, key=device_id)  # canonical: parse_uuid
         return login.identity if login is not None else None
 
-    async def login(self, device_id: UUID, secret: str) -> DeviceLogin | None:
+    async def login(
+        self, device_id: UUID, secret: str, key: str | None = None
+    ) -> DeviceLogin | None:
         if not secret:
             return None
-        credentials = await self._credentials(device_id)
+        credentials = await self._credentials(device_id, key=key)
         if credentials is None:
             return None
         login = _match(device_id, credentials, hash_secret(secret))

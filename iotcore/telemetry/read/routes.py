@@ -96,9 +96,10 @@ async def raw(request: web.Request, query: RawQuery) -> web.Response:
 
 async def latest(request: web.Request) -> web.Response:
     principal = await require_user(request)
-    return json_response(
-        await _reader(request).latest(principal, path_id(request, "device_id", "device"))
-    )
+    device_id = path_id(request, "device_id", "device")
+    # path_id takes the canonical spelling only: the text is str(device_id), already made.
+    text = request.match_info["device_id"]
+    return json_response(await _reader(request).latest(principal, device_id, text))
 
 
 async def aggregate(request: web.Request, query: AggregateQuery) -> web.Response:

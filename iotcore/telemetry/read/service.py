@@ -235,14 +235,16 @@ class TelemetryReader:
     async def close(self) -> None:
         await self._hashes.close()
 
-    async def ensure_visible(self, principal: UserPrincipal, device_id: UUID) -> None:
+    async def ensure_visible(
+        self, principal: UserPrincipal, device_id: UUID, key: str | None = None
+    ) -> None:
         """404 unless the device is claimed by the caller's tenant. The registry's short-TTL
         cache (dropped on claim, reset and rotate in every replica) answers without a round
         trip; the telemetry itself is then read through the tenant-filtered views, so even a
         stale entry could not show another tenant's rows."""
-        found, identity = self._registry.cached(device_id)
+        found, identity = self._registry.cached(device_id, key)
         if not found:
-            identity = await self._registry.resolve(device_id)
+            identity = await self._registry.resolve(device_id, key)
         if identity is None or identity.tenant_id != principal.tenant_id:
             raise NotFound("No such device.")
 
@@ -299,19 +301,20 @@ class TelemetryReader:
         items = (page["items"] or "").encode()
         return b'{"items":[' + items + b'],"next_cursor":' + next_cursor + b"}"
 
-    async def latest(self, principal: UserPrincipal, device_id: UUID) -> dict[str, Any]:
-        await self.ensure_visible(principal, device_id)
-        key = latest_key(self._redis, principal.tenant_id, device_id)
+    async def latest(self, principal: UserPrincipal, device_id: UUID, text: str) -> dict[str, Any]:
+        """`text`: the device id as the path spelled it, canonical (str(device_id))."""
+        await self.ensure_visible(principal, device_id, text)
+        key = latest_key(self._redis, principal.tenant_id, text)
         cached = await self._cached_latest(key)
         if cached is not None:
-            return {"device_id": str(device_id), "metrics": cached}
+            return {"device_id": text, "metrics": cached}
         async with self._db.tenant_transaction(principal.tenant_id, read=True) as conn:
             rows = await conn.fetch(self._sql["metrics"], device_id)
         metrics = {
             r["metric"]: {"ts": rfc3339_ms(r["last_ts"]), "value": r["last_value"]} for r in rows
         }
         await self._refill_latest(key, rows)
-        return {"device_id": str(device_id), "metrics": metrics}
+        return {"device_id": text, "metrics": metrics}
 
     async def _refill_latest(self, key: str, rows: list[Any]) -> None:
         """Cache-aside: the database answer fills the hash the writer keeps, so a cold or
