@@ -112,68 +112,43 @@ def cluster_cpu_s(postmaster: int) -> float:
     return total / tick
 
 
-# Per request, from pg_stat_database: what the database did, whatever the CPU clock says.
-DB_COUNTERS = (
-    "xact_commit + xact_rollback AS transactions, blks_hit + blks_read AS blocks, "
-    "tup_returned AS tuples"
-)
-
-
 class CpuMeter:
     """CPU time per request of each process on the path, measured around one run: the API
     process, this one (the load generator, or the bare client) and the PostgreSQL cluster (all
-    of its processes); plus transactions, buffer reads and tuples scanned per request. Less
-    sensitive to a busy machine than latencies are."""
+    of its processes). Less sensitive to a busy machine than latencies are. (pg_stat_database
+    counters were tried too: a backend may hold its statistics back for 10 s, too long to tell
+    one 10 s line from the next.)"""
 
     def __init__(self, api_pid: int | None) -> None:
         self._api_pid = api_pid
         self._start: dict[str, float] = {}
         self._postmaster = 0
 
-    async def _database_counters(self) -> dict[str, float]:
+    async def _find_postmaster(self) -> None:
         conn = await asyncpg.connect(OWNER)
         try:
-            if not self._postmaster:
-                backend = await conn.fetchval("SELECT pg_backend_pid()")
-                self._postmaster = int(_stat_fields(backend)[1])
-            # Statistics reach pg_stat_database when a backend goes idle, at most once a
-            # second; a fresh snapshot is taken on each call.
-            await conn.execute("SELECT pg_stat_clear_snapshot()")
-            row = await conn.fetchrow(
-                f"SELECT {DB_COUNTERS} FROM pg_stat_database WHERE datname = $1", DB
-            )
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            self._postmaster = int(_stat_fields(backend)[1])  # while the backend lives
         finally:
             await conn.close()
-        return {k: float(v) for k, v in row.items()}
 
     async def start(self) -> None:
-        self._start = await self._database_counters()
-        self._start["client"] = time.process_time()
-        self._start["PostgreSQL"] = cluster_cpu_s(self._postmaster)
+        if not self._postmaster:
+            await self._find_postmaster()
+        self._start = {"client": time.process_time(), "PostgreSQL": cluster_cpu_s(self._postmaster)}
         if self._api_pid is not None:
             self._start["API"] = process_cpu_s(self._api_pid)
 
-    async def per_request(self, requests: int) -> dict[str, float]:
-        """CPU ms per request by process, then the database counters per request."""
+    async def per_request_ms(self, requests: int) -> dict[str, float]:
         now = {"client": time.process_time(), "PostgreSQL": cluster_cpu_s(self._postmaster)}
         if self._api_pid is not None:
             now["API"] = process_cpu_s(self._api_pid)
-        await asyncio.sleep(1.1)  # let the last statistics reach pg_stat_database
-        now.update(await self._database_counters())
-        n = max(1, requests)
-        return {
-            k: (now[k] - self._start[k]) * (1000 if k in ("client", "API", "PostgreSQL") else 1) / n
-            for k in now
-        }
-
-
-CPU_KEYS = ("client", "API", "PostgreSQL")
+        return {k: (now[k] - self._start[k]) * 1000 / max(1, requests) for k in now}
 
 
 def cpu_text(cpu: dict[str, float]) -> str:
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k in CPU_KEYS)
-    db = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if k not in CPU_KEYS)
-    return f"CPU ms/req: {parts}; per req: {db}"
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+    return f"CPU ms/req: {parts}"
 
 
 async def bare(
@@ -188,7 +163,7 @@ async def bare(
         return 200
 
     result = await closed_loop(name, clients, seconds, call)
-    return result, await meter.per_request(len(result.latencies_ms))
+    return result, await meter.per_request_ms(len(result.latencies_ms))
 
 
 async def through_api(
@@ -205,7 +180,7 @@ async def through_api(
     meter = CpuMeter(api_pid)
     await meter.start()
     result = await run_lean_load(name, base, path, headers, clients, seconds)
-    return result, await meter.per_request(len(result.latencies_ms))
+    return result, await meter.per_request_ms(len(result.latencies_ms))
 
 
 def verdict(ok: bool) -> str:
@@ -348,8 +323,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{verdict(ratio >= TARGET_SATURATION_RATIO)}",
                 flush=True,
             )
-            api_total = sum(v for k, v in cpu["api", SATURATION_CLIENTS].items() if k in CPU_KEYS)
-            bare_total = sum(v for k, v in cpu["bare", SATURATION_CLIENTS].items() if k in CPU_KEYS)
+            api_total = sum(cpu["api", SATURATION_CLIENTS].values())
+            bare_total = sum(cpu["bare", SATURATION_CLIENTS].values())
             print(
                 f"     CPU per request at {SATURATION_CLIENTS} clients, all processes: API path "
                 f"{api_total:.2f} ms, bare {bare_total:.2f} ms: where CPU is all there is, the "
