@@ -315,29 +315,31 @@ class AuthService:
         """The principal of a bearer token, with the user's role as it is now: a removed
         user's access tokens stop working, a demoted user's act with the new role."""
         principal = self.keys.verify(token)
-        if principal.family_id is not None and await self._session_ended(principal.family_id):
+        family = principal.family_text
+        if family is not None and await self._session_ended(family):
             raise Unauthenticated("This session has ended.", code="token_revoked")
-        state = await self._user_state(principal.user_id)
+        state = await self._user_state(principal.user_id, principal.user_text)
         if state is None or state[0] != principal.tenant_id:
             raise Unauthenticated("This user no longer exists.", code="token_revoked")
         return principal if state[1] == principal.role else replace(principal, role=state[1])
 
-    def _ended_key(self, family_id: UUID) -> str:
+    def _ended_key(self, family_id: UUID | str) -> str:
         return self._redis.key("session-ended", str(family_id))
 
-    async def _session_ended(self, family_id: UUID) -> bool:
-        found, ended = self._users.get(SESSION_PREFIX + str(family_id))
+    async def _session_ended(self, family: str) -> bool:
+        """`family`: the family id's text."""
+        found, ended = self._users.get(SESSION_PREFIX + family)
         if found:
             return bool(ended)
         fetched_at = time.monotonic()
         try:
-            ended = bool(await self._redis.client.exists(self._ended_key(family_id)))
+            ended = bool(await self._redis.client.exists(self._ended_key(family)))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             # Fail open, as reads do while Redis is away (runbooks/redis-down.md): the token
             # still expires on its own within the access-token lifetime.
             log.warning("session check skipped", extra={"error": type(exc).__name__})
             return False
-        self._users.put(SESSION_PREFIX + str(family_id), ended, fetched_at)
+        self._users.put(SESSION_PREFIX + family, ended, fetched_at)
         return ended
 
     async def _end_sessions(self, family_ids: set[UUID]) -> None:
@@ -354,14 +356,15 @@ class AuthService:
         for family_id in family_ids:
             await self._users.invalidate(SESSION_PREFIX + str(family_id))
 
-    async def _user_state(self, user_id: UUID) -> tuple[UUID, Role] | None:
-        found, state = self._users.get(str(user_id))
+    async def _user_state(self, user_id: UUID, key: str) -> tuple[UUID, Role] | None:
+        """`key`: str(user_id)."""
+        found, state = self._users.get(key)
         if found:
             return cast("tuple[UUID, Role] | None", state)
         fetched_at = time.monotonic()
         row = await self._db.primary.fetchrow(self._sql["user_state"], user_id)
         state = (row["tenant_id"], row["role"]) if row else None
-        self._users.put(str(user_id), state, fetched_at)
+        self._users.put(key, state, fetched_at)
         return state
 
     async def close(self) -> None:

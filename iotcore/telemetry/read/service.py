@@ -304,7 +304,7 @@ class TelemetryReader:
     async def latest(self, principal: UserPrincipal, device_id: UUID, text: str) -> dict[str, Any]:
         """`text`: the device id as the path spelled it, canonical (str(device_id))."""
         await self.ensure_visible(principal, device_id, text)
-        key = latest_key(self._redis, principal.tenant_id, text)
+        key = latest_key(self._redis, principal.tenant_text, text)
         cached = await self._cached_latest(key)
         if cached is not None:
             return {"device_id": text, "metrics": cached}
