@@ -22,6 +22,7 @@ from iotcore.app import create_app
 from iotcore.config import Settings
 from iotcore.mqtt.consumer import IngestRole
 from iotcore.platform.context import Platform
+from iotcore.telemetry.ingest.service import TELEMETRY_INGEST_KEY
 from tests.conftest import SERVICE_URL, make_settings, read_log, start_iotcore, with_database
 from tests.support.devices import DeviceCredentials, claimed_device
 from tests.support.ingest import (
@@ -221,6 +222,29 @@ def _ready_status(port: int) -> int:
         return exc.code
 
 
+async def proxied_service_url(database: str) -> tuple[CuttableProxy, str]:
+    """A started proxy to PostgreSQL and the service role's URL of `database` through it."""
+    target = urlsplit(SERVICE_URL)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    url = with_database(SERVICE_URL, database).replace(
+        f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}"
+    )
+    return proxy, url
+
+
+def webhook_settings(database: str, mqtt_broker: str, url: str, **extra: Any) -> Settings:
+    """An API on `url` whose webhook answers 503 after 1 s while a write is held."""
+    return make_settings(
+        database,
+        mqtt_url=mqtt_broker,
+        database_url=url,
+        redis_prefix=f"iottest:{uuid.uuid4().hex}:",
+        http_write_timeout_s=1,
+        **extra,
+    )
+
+
 @pytest.mark.slow
 async def test_a_transient_error_is_retried_and_nothing_is_lost(
     client: Client, settings: Settings, owner_conn: Any, database: str, mqtt_broker: str
@@ -230,22 +254,10 @@ async def test_a_transient_error_is_retried_and_nothing_is_lost(
     hold their readings and store every one."""
     device = await claimed_device(client, settings, await register(client))
     http_device = await claimed_device(client, settings, await register(client))
-    target = urlsplit(SERVICE_URL)
-    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await proxy.start()
-    url = with_database(SERVICE_URL, database).replace(
-        f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}"
-    )
+    proxy, url = await proxied_service_url(database)
     ingest = consumer_settings(settings, database_url=url)
     process = start_iotcore(ingest, "ingest")
-    web_settings = make_settings(
-        database,
-        mqtt_url=mqtt_broker,
-        database_url=url,
-        redis_prefix=f"iottest:{uuid.uuid4().hex}:",
-        http_write_timeout_s=1,
-    )
-    web = TestClient(TestServer(create_app(web_settings)))
+    web = TestClient(TestServer(create_app(webhook_settings(database, mqtt_broker, url))))
     await web.start_server()
     try:
         await wait_ready(ingest.metrics_port)
@@ -282,5 +294,40 @@ async def test_a_transient_error_is_retried_and_nothing_is_lost(
         await owner_conn.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
         process.kill()
         process.wait(5)
+        await web.close()
+        await proxy.close()
+
+
+async def test_the_writer_stops_within_its_limit_while_postgres_is_away(
+    client: Client, settings: Settings, owner_conn: Any, database: str, mqtt_broker: str
+) -> None:
+    """PostgreSQL cut: a device the API has not seen yet gets 503 (its credentials cannot be
+    read), a known device's reading is queued and answered 503, and at shutdown the writer,
+    unable to write it, stops past its limit without it (it used to retry for ever). Nothing
+    is lost: the queued reading was never acknowledged, the acknowledged ones are stored."""
+    device = await claimed_device(client, settings, await register(client))
+    unseen = await claimed_device(client, settings, await register(client))
+    proxy, url = await proxied_service_url(database)
+    settings_60s = webhook_settings(database, mqtt_broker, url, device_cache_ttl_s=60)
+    web = TestClient(TestServer(create_app(settings_60s)))
+    await web.start_server()
+    try:
+        # Two readings: the first makes the device active, which drops its cached
+        # credentials; the second caches them again.
+        for n in (1, 2):
+            stored = await post_telemetry(web, device, {"ts": NOW_MS() + n, "metrics": {"x": n}})
+            assert stored.status == 202
+        await proxy.cut()
+        refused = await post_telemetry(web, unseen, {"ts": NOW_MS(), "metrics": {"x": 0}})
+        assert refused.status == 503
+        assert (await refused.json())["error"]["code"] == "unavailable"
+        held = await post_telemetry(web, device, {"ts": NOW_MS() + 3, "metrics": {"x": 3}})
+        assert held.status == 503  # the fault landed: queued, not written
+        writer = web.app[TELEMETRY_INGEST_KEY].writer
+        started = time.monotonic()
+        await asyncio.wait_for(writer.stop(timeout_s=1), 10)
+        assert time.monotonic() - started < 5
+        assert await count_rows(owner_conn, device.device_id) == 2
+    finally:
         await web.close()
         await proxy.close()

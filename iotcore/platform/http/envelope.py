@@ -10,7 +10,10 @@ from aiohttp import web
 
 from iotcore.platform import errors
 
+# What a request meets when Redis or PostgreSQL is out or too slow. asyncpg opening a pool
+# connection to a server that is down raises the socket's own error (ConnectionRefusedError).
 DEPENDENCY_DOWN = (
+    ConnectionError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     asyncpg.PostgresConnectionError,

@@ -33,6 +33,7 @@ from iotcore.platform.metrics import (
     WRITER_QUEUE_DEPTH,
     WRITER_REFUSED,
 )
+from iotcore.platform.shutdown import CLOSE_TIMEOUT_S, stop_task
 from iotcore.telemetry.cache import TelemetryCache
 from iotcore.telemetry.ingest.store import (
     NotRecorded,
@@ -166,15 +167,25 @@ class TelemetryWriter:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name="telemetry-writer")
 
-    async def stop(self) -> None:
-        """Write what is queued, then stop."""
-        if self._task is None:
+    async def stop(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Write what is queued, then stop. With PostgreSQL away the queue cannot be written,
+        and past `timeout_s` the writer stops without it: nothing queued was acknowledged (a
+        202 or a PUBACK waits for the commit), so devices send it again."""
+        task, self._task = self._task, None
+        if task is None:
             return
         self._stopping = True
         self._arrived.set()
+        done, _ = await asyncio.wait([task], timeout=timeout_s)
+        if not done:
+            log.warning(
+                "stopping with readings not written (none was acknowledged)",
+                extra={"rows": self._queued_rows},
+            )
+            await stop_task(task, timeout_s)
+            return
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+            await task
 
     def _take(self) -> _Queued:
         """The next submission, round-robin over the tenants."""
