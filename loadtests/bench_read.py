@@ -5,7 +5,8 @@ p95, p99) and at 8 clients (saturation on 2 cores: throughput), each beside its 
 in the same run: the endpoint's SQL through iotcore's own tenant transaction (one pool,
 nothing else; for latest values, the query that the API's Redis hash spares it).
 
-    .venv/bin/python loadtests/bench_read.py [--seconds 8] [--keep] [--reuse] [--only latest]
+    .venv/bin/python loadtests/bench_read.py [--seconds 8] [--rounds 2] [--keep] [--reuse]
+        [--only latest]
     .venv/bin/python loadtests/bench_read.py --year [--days 365] [--seconds 20] [--keep] [--reuse]
         [--storage both|native|timescaledb] [--seed-only]
 
@@ -13,7 +14,8 @@ Targets at 1 client: the API adds at most 1 ms to its bare query at p50, and p95
 latest 3 ms, raw page of 1,000 8 ms, 24 h at 5 min 6 ms, 7 d at 1 h 8 ms; at 8 clients the API
 serves at least 85% of its bare query's rate. Each API line also gives the API process's CPU
 time per request (from /proc: less sensitive to a busy machine than the latencies), each bare
-line the client's.
+line the client's. Within a line the API and the bare query take --rounds turns, each turn
+after a second of unmeasured load of its own; the line adds the turns up.
 
 Creates the database `iotcore_bench`, migrated to head, seeds it by COPY as the owner
 (loadtests/read/database.py) and refreshes the rollups, as `maintain` would. --keep leaves it for a
@@ -69,6 +71,8 @@ TARGET_P95_MS = {
     "7 d aggregate, 1 h": 8,
 }
 TARGET_ADDED_P50_MS = 1.0
+# Unmeasured load before each measured turn of either side.
+WARMUP_S = 1.0
 TARGET_SATURATION_RATIO = 0.85
 # $6..$10 of the aggregate queries: avg, min, max, sum, count (the API's default fn).
 FUNCTIONS = (True, True, True, False, True)
@@ -181,6 +185,22 @@ async def through_api(
     await meter.start()
     result = await run_lean_load(name, base, path, headers, clients, seconds)
     return result, await meter.per_request_ms(len(result.latencies_ms))
+
+
+def merged(
+    name: str, rounds: list[tuple[LoadResult, dict[str, float]]]
+) -> tuple[LoadResult, dict[str, float]]:
+    """The rounds of one side as one result, the CPU per request over all of them."""
+    result = LoadResult(name)
+    spent: dict[str, float] = {}
+    for part, cpu in rounds:
+        result.latencies_ms += part.latencies_ms
+        result.statuses.update(part.statuses)
+        result.elapsed_s += part.elapsed_s
+        for process, ms in cpu.items():
+            spent[process] = spent.get(process, 0.0) + ms * len(part.latencies_ms)
+    requests = max(1, len(result.latencies_ms))
+    return result, {process: ms / requests for process, ms in spent.items()}
 
 
 def verdict(ok: bool) -> str:
@@ -297,13 +317,22 @@ async def main_async(args: argparse.Namespace) -> None:
             cpu: dict[tuple[str, int], dict[str, float]] = {}
             for clients in (LATENCY_CLIENTS, SATURATION_CLIENTS):
                 label = f"{clients} client{'s' if clients > 1 else ''}"
-                api_result, api_cpu = await through_api(
-                    f"  API, {label}", base, path, headers, api.pid, clients, args.seconds
-                )
+                api_rounds: list[tuple[LoadResult, dict[str, float]]] = []
+                bare_rounds: list[tuple[LoadResult, dict[str, float]]] = []
+                # The two sides take turns, each turn after a warm-up of its own: a drift of
+                # the machine, or a side's first second (pools, caches), weighs on neither.
+                for _ in range(args.rounds):
+                    await through_api("", base, path, headers, api.pid, clients, WARMUP_S)
+                    api_rounds.append(
+                        await through_api(
+                            "", base, path, headers, api.pid, clients, args.seconds / args.rounds
+                        )
+                    )
+                    await bare("", run, clients, WARMUP_S)
+                    bare_rounds.append(await bare("", run, clients, args.seconds / args.rounds))
+                api_result, api_cpu = merged(f"  API, {label}", api_rounds)
                 print(f"{api_result.line()}  {cpu_text(api_cpu)}", flush=True)
-                bare_result, bare_cpu = await bare(
-                    f"  bare {bare_name}, {label}", run, clients, args.seconds
-                )
+                bare_result, bare_cpu = merged(f"  bare {bare_name}, {label}", bare_rounds)
                 print(f"{bare_result.line()}  {cpu_text(bare_cpu)}", flush=True)
                 assert set(api_result.statuses) == {200}, api_result.statuses
                 measured["api", clients], measured["bare", clients] = api_result, bare_result
@@ -343,7 +372,10 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--seconds", type=float, default=8, help="measured, per side and line")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="turns the API and the bare query take per line"
+    )
     parser.add_argument("--keep", action="store_true", help="leave the database for --reuse")
     parser.add_argument("--reuse", action="store_true", help="use an existing seeded database")
     parser.add_argument(

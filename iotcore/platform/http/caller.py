@@ -3,13 +3,9 @@ credentials read as printable ASCII only."""
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from iotcore.platform.context import SETTINGS_KEY
-
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
 def ascii_header(request: web.Request, name: str) -> str:
@@ -17,7 +13,8 @@ def ascii_header(request: web.Request, name: str) -> str:
     else "" as if absent. Raw non-ASCII bytes reach handlers as surrogates, which no
     credential can contain and which encoders (JWT, Redis, hashing) refuse with an error."""
     value = request.headers.get(name, "")
-    return value if _PRINTABLE_ASCII.fullmatch(value) else ""
+    # For ASCII text, isprintable() holds for exactly 0x20-0x7e.
+    return value if value.isascii() and value.isprintable() else ""
 
 
 def client_ip(request: web.Request) -> str:
