@@ -26,6 +26,15 @@ SELECT device_rotate($1, $2, $3)
 -- name: reset
 SELECT device_reset($1, $2)
 
+-- name: expire_open_commands
+-- In the reset's transaction, as the tenant: the device leaves it, so its commands still
+-- pending or sent can no longer reach it on the tenant's behalf; they end `expired` now
+-- rather than at their own expiry.
+UPDATE commands SET status = 'expired', completed_at = now()
+WHERE device_id = $1 AND status IN ('pending', 'sent')
+RETURNING command_id, device_id, name, params, status, created_at, sent_at, completed_at,
+          expires_at, result
+
 -- name: get_device
 SELECT device_id, serial_number, model, hardware_rev, name, labels, status, claimed_at,
        last_seen_at, created_at, connected, connected_at, disconnected_at

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from iotcore.auth.audit import AuditLog
 from iotcore.auth.principal import UserPrincipal
+from iotcore.commands.service import command_changed
 from iotcore.devices import signing
 from iotcore.devices.mqtt_access import topic_base
 from iotcore.devices.registry import DeviceRegistry, hash_secret
@@ -254,10 +255,13 @@ class DeviceService:
         return _device_out(row)
 
     async def reset(self, principal: UserPrincipal, device_id: UUID, ip: str) -> None:
-        async with self._db.transaction() as conn:
+        async with self._db.tenant_transaction(principal.tenant_id) as conn:
             done = await conn.fetchval(self._sql["reset"], device_id, principal.tenant_id)
-        if not done:
-            raise NotFound("No such device.")
+            if not done:
+                raise NotFound("No such device.")
+            ended = await conn.fetch(self._sql["expire_open_commands"], device_id)
+        for row in ended:
+            await command_changed(self._platform.redis, principal.tenant_id, row)
         # Every live session ends: the embedded broker on the invalidation, EMQX by a kick.
         await self._registry.invalidate(device_id)
         await self._sessions.kick([device_id])

@@ -24,10 +24,10 @@ from iotcore.devices.sessions import SessionKicker
 from iotcore.platform.db import init_connection
 from iotcore.platform.metrics import (
     DEFAULT_PARTITION_ROWS,
-    DEVICES_CONNECTED,
     MAINTENANCE_LAST_SUCCESS,
     MAINTENANCE_RUNS,
     MAINTENANCE_SECONDS,
+    devices_connected,
 )
 from iotcore.platform.redis import Redis
 from iotcore.platform.sql import queries
@@ -243,7 +243,7 @@ async def expire_stale_presence(settings: Settings, redis: Redis) -> int:
         connected = await conn.fetchval(sql["connected_count"])
     finally:
         await conn.close()
-    DEVICES_CONNECTED.set(connected)
+    devices_connected().set(connected)
     await publish_expired(redis, rows, "stale")
     if rows:
         log.info("stale devices marked offline", extra={"devices": len(rows)})
@@ -268,6 +268,7 @@ async def run_forever(settings: Settings, status: MaintenanceStatus | None = Non
 async def _run_forever(settings: Settings, redis: Redis, status: MaintenanceStatus) -> None:
     for outcome in ("ok", "failed"):
         MAINTENANCE_RUNS.labels(outcome)  # both series exist from the start, at 0
+    devices_connected()  # exported from the start by this process, and by no other role
     next_grace = 0.0
     next_presence = 0.0
     while True:

@@ -378,6 +378,9 @@ async def test_old_tenants_commands_stay_with_the_old_tenant_after_reset_and_rec
         headers=alice.headers,
     )
     assert response.status == 200, await response.text()
+    # The reset ends Alice's open command at once: the device can no longer run it for her.
+    ended = await get_command(client, alice, first.device_id, old["command_id"])
+    assert ended["status"] == "expired" and ended["completed_at"] is not None
     second = await claim_with_secret(client, bob, provisioned)
     assert second.tenant_id == str(bob.tenant_id) != first.tenant_id
 
@@ -400,7 +403,7 @@ async def test_old_tenants_commands_stay_with_the_old_tenant_after_reset_and_rec
     await delivery.reply(old_topic, orjson.dumps({"ok": True, "result": {"bob": "secret"}}))
     assert await rejects(owner_conn, second.device_id) == [*before, "reply_unknown_command"]
     command = await get_command(client, alice, first.device_id, old["command_id"])
-    assert command["status"] == "pending" and command["result"] is None
+    assert command["status"] == "expired" and command["result"] is None
     # Bob cannot see Alice's command either.
     response = await client.get(
         f"/api/v1/devices/{second.device_id}/commands/{old['command_id']}", headers=bob.headers
