@@ -95,7 +95,7 @@ ORDER BY lo
 
 -- name: aggregate_rollup
 -- Buckets of whole hours or days, partly from the rollups (migrations/0012). The caller
--- (aggregate_sources in iotcore/telemetry/read_service.py) has split the window into
+-- (aggregate_sources in iotcore/telemetry/read/service.py) has split the window into
 -- disjoint ranges, each read from one source: the raw rows ($9/$10: lower and upper bounds
 -- of up to 4 ranges: the window's edges and the hours marked in telemetry_rollup_dirty),
 -- the hourly rollup ($11/$12: up to 6) and the daily one ($13/$14: up to 3). One arm per

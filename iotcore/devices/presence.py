@@ -1,6 +1,6 @@
 """Presence: whether each device is connected now (docs/api.md, "Presence").
 
-Three sources feed it: the embedded broker's own connections (iotcore/broker/server.py),
+Three sources feed it: the embedded broker's own connections (iotcore/mqtt/broker/server.py),
 EMQX's client.connected / client.disconnected events posted to `POST /api/v1/mqtt/events`,
 and the device's retained `status` message (`{"online": true|false}`, also its last will),
 read in-process by the embedded broker and by a subscriber in `iotcore ingest` elsewhere.
