@@ -71,9 +71,9 @@ TARGET_P95_MS = {
     "7 d aggregate, 1 h": 8,
 }
 TARGET_ADDED_P50_MS = 1.0
+TARGET_SATURATION_RATIO = 0.85
 # Unmeasured load before each measured turn of either side.
 WARMUP_S = 1.0
-TARGET_SATURATION_RATIO = 0.85
 # $6..$10 of the aggregate queries: avg, min, max, sum, count (the API's default fn).
 FUNCTIONS = (True, True, True, False, True)
 
