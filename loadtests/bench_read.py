@@ -14,8 +14,8 @@ Targets at 1 client: the API adds at most 1 ms to its bare query at p50, and p95
 latest 3 ms, raw page of 1,000 8 ms, 24 h at 5 min 6 ms, 7 d at 1 h 8 ms; at 8 clients the API
 serves at least 85% of its bare query's rate. Each API line also gives the API process's CPU
 time per request (from /proc: less sensitive to a busy machine than the latencies), each bare
-line the client's. Within a line the API and the bare query take --rounds turns, each turn
-after a second of unmeasured load of its own; the line adds the turns up.
+line the client's. Within a line the API and the bare query take --rounds turns (API, bare,
+bare, API, ...), each after a second of unmeasured load of its own; the line adds them up.
 
 Creates the database `iotcore_bench`, migrated to head, seeds it by COPY as the owner
 (loadtests/read/database.py) and refreshes the rollups, as `maintain` would. --keep leaves it for a
@@ -319,17 +319,20 @@ async def main_async(args: argparse.Namespace) -> None:
                 label = f"{clients} client{'s' if clients > 1 else ''}"
                 api_rounds: list[tuple[LoadResult, dict[str, float]]] = []
                 bare_rounds: list[tuple[LoadResult, dict[str, float]]] = []
-                # The two sides take turns, each turn after a warm-up of its own: a drift of
-                # the machine, or a side's first second (pools, caches), weighs on neither.
-                for _ in range(args.rounds):
-                    await through_api("", base, path, headers, api.pid, clients, WARMUP_S)
-                    api_rounds.append(
-                        await through_api(
-                            "", base, path, headers, api.pid, clients, args.seconds / args.rounds
-                        )
-                    )
-                    await bare("", run, clients, WARMUP_S)
-                    bare_rounds.append(await bare("", run, clients, args.seconds / args.rounds))
+                turn_s = args.seconds / args.rounds
+                # The two sides take turns (API, bare, bare, API, ...), each turn after a
+                # warm-up of its own: neither a side's first second (pools, caches) nor a
+                # steady drift of the machine weighs on one side only.
+                for turn in range(args.rounds):
+                    for side in ("api", "bare") if turn % 2 == 0 else ("bare", "api"):
+                        if side == "api":
+                            await through_api("", base, path, headers, api.pid, clients, WARMUP_S)
+                            api_rounds.append(
+                                await through_api("", base, path, headers, api.pid, clients, turn_s)
+                            )
+                        else:
+                            await bare("", run, clients, WARMUP_S)
+                            bare_rounds.append(await bare("", run, clients, turn_s))
                 api_result, api_cpu = merged(f"  API, {label}", api_rounds)
                 print(f"{api_result.line()}  {cpu_text(api_cpu)}", flush=True)
                 bare_result, bare_cpu = merged(f"  bare {bare_name}, {label}", bare_rounds)
@@ -370,11 +373,21 @@ async def main_async(args: argparse.Namespace) -> None:
             await admin.close()
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=8, help="measured, per side and line")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="turns the API and the bare query take per line"
+        "--rounds",
+        type=positive_int,
+        default=2,
+        help="turns the API and the bare query take per line",
     )
     parser.add_argument("--keep", action="store_true", help="leave the database for --reuse")
     parser.add_argument("--reuse", action="store_true", help="use an existing seeded database")

@@ -3,9 +3,13 @@
 -- (reset, re-claim) is not sent the old tenant's commands.
 
 -- name: create_command
+-- FOR SHARE: a reset of the device in flight (it locks the row) is waited for, and the row
+-- then read again, so a command is either seen and ended by the reset or not created (the
+-- device is no longer the tenant's: no row, 404).
 INSERT INTO commands (tenant_id, device_id, name, params, created_by, expires_at)
 SELECT app_tenant_id(), d.device_id, $2, $3::jsonb, $4, now() + make_interval(secs => $5)
 FROM devices d WHERE d.device_id = $1
+FOR SHARE
 RETURNING command_id, device_id, name, params, status, created_at, sent_at, completed_at,
           expires_at, result
 

@@ -31,7 +31,7 @@ SELECT device_reset($1, $2)
 -- pending or sent can no longer reach it on the tenant's behalf; they end `expired` now
 -- rather than at their own expiry.
 UPDATE commands SET status = 'expired', completed_at = now()
-WHERE device_id = $1 AND status IN ('pending', 'sent')
+WHERE tenant_id = app_tenant_id() AND device_id = $1 AND status IN ('pending', 'sent')
 RETURNING command_id, device_id, name, params, status, created_at, sent_at, completed_at,
           expires_at, result
 

@@ -260,15 +260,15 @@ class DeviceService:
             if not done:
                 raise NotFound("No such device.")
             ended = await conn.fetch(self._sql["expire_open_commands"], device_id)
-        for row in ended:
-            await command_changed(self._platform.redis, principal.tenant_id, row)
+            await self._audit.record(
+                conn, "device_reset", actor=principal.user_id, subject=str(device_id), ip=ip
+            )
         # Every live session ends: the embedded broker on the invalidation, EMQX by a kick.
         await self._registry.invalidate(device_id)
         await self._sessions.kick([device_id])
         # The tenant's readings stay its own; what was derived from them for the device goes
         # (the reset cleared the latest-values rows in the database).
         await clear_device_state(self._platform.redis, principal.tenant_id, device_id)
-        async with self._db.tenant_transaction(principal.tenant_id) as conn:
-            await self._audit.record(
-                conn, "device_reset", actor=principal.user_id, subject=str(device_id), ip=ip
-            )
+        # Then the live stream hears of the commands the reset ended (best effort).
+        for row in ended:
+            await command_changed(self._platform.redis, principal.tenant_id, row)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from prometheus_client import REGISTRY
@@ -21,6 +22,10 @@ from iotcore.maintenance.jobs import expire_due_commands
 from iotcore.mqtt.broker.server import EmbeddedBroker
 from iotcore.mqtt.commands import ExternalDelivery
 from iotcore.platform.context import Platform
+from iotcore.platform.db import init_connection
+from iotcore.platform.sql import queries
+from iotcore.telemetry.derived import live_key
+from tests.conftest import SERVICE_URL, with_database
 from tests.dashboards.test_stream import open_stream, read_events
 from tests.support.broker import embedded_broker
 from tests.support.commands import (
@@ -39,6 +44,7 @@ from tests.support.commands import (
 from tests.support.devices import claim_with_secret, claimed_device, provision
 from tests.support.mqtt import PUBLISH, SUBACK, RawClient, publish_packet, subscribe_packet
 from tests.support.users import add_user, register
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +390,15 @@ async def test_old_tenants_commands_stay_with_the_old_tenant_after_reset_and_rec
     second = await claim_with_secret(client, bob, provisioned)
     assert second.tenant_id == str(bob.tenant_id) != first.tenant_id
 
-    # Under Bob the device gets Bob's command only, never Alice's pending one.
+    # A command of Alice's still open for the device (one created before this release, say)
+    # is never delivered under Bob: delivery joins the command's tenant to the device's.
+    await owner_conn.execute(
+        "INSERT INTO commands (tenant_id, device_id, name, params, created_by, expires_at) "
+        "VALUES ($1, $2, 'unlock', '{}', $3, now() + interval '1 hour')",
+        alice.tenant_id,
+        uuid.UUID(second.device_id),
+        alice.user_id,
+    )
     delivery = ExternalDelivery(platform)
     assert await delivery.service.due(alice.tenant_id, second.device_id, resend=True) == []
     mine = await send_command(client, bob, second.device_id, "blink")
@@ -407,5 +421,111 @@ async def test_old_tenants_commands_stay_with_the_old_tenant_after_reset_and_rec
     # Bob cannot see Alice's command either.
     response = await client.get(
         f"/api/v1/devices/{second.device_id}/commands/{old['command_id']}", headers=bob.headers
+    )
+    assert response.status == 404
+
+
+async def test_a_reset_ends_the_devices_open_commands_and_no_others(
+    client: Client, settings: Settings, platform: Platform, owner_conn: Any
+) -> None:
+    alice = await register(client)
+    bob = await register(client)
+    device = await claimed_device(client, settings, alice)
+    other = await claimed_device(client, settings, alice)
+    pending = await send_command(client, alice, device.device_id, "unlock")
+    sent = await send_command(client, alice, device.device_id, "blink")
+    await owner_conn.execute(
+        "UPDATE commands SET status = 'sent', sent_at = now() WHERE command_id = $1",
+        uuid.UUID(sent["command_id"]),
+    )
+    done = await send_command(client, alice, device.device_id, "beep")
+    await owner_conn.execute(
+        "UPDATE commands SET status = 'succeeded', sent_at = now(), completed_at = now(), "
+        "result = '{}' WHERE command_id = $1",
+        uuid.UUID(done["command_id"]),
+    )
+    elsewhere = await send_command(client, alice, other.device_id, "unlock")
+
+    # Another tenant's reset of Alice's device is a 404 and ends nothing.
+    refused = await client.post(
+        f"/api/v1/devices/{device.device_id}/reset",
+        json={"confirmation": "RESET"},
+        headers=bob.headers,
+    )
+    assert refused.status == 404
+    assert (await get_command(client, alice, device.device_id, pending["command_id"]))[
+        "status"
+    ] == "pending"
+
+    response = await client.post(
+        f"/api/v1/devices/{device.device_id}/reset",
+        json={"confirmation": "RESET"},
+        headers=alice.headers,
+    )
+    assert response.status == 200, await response.text()
+    after = {
+        c["command_id"]: (await get_command(client, alice, device_id, c["command_id"]))["status"]
+        for device_id, c in (
+            (device.device_id, pending),
+            (device.device_id, sent),
+            (device.device_id, done),
+            (other.device_id, elsewhere),
+        )
+    }
+    assert after == {
+        pending["command_id"]: "expired",
+        sent["command_id"]: "expired",
+        done["command_id"]: "succeeded",  # ended before: untouched
+        elsewhere["command_id"]: "pending",  # another device: untouched
+    }
+    # Each ended command is a `command` event on Alice's live stream.
+    entries = await platform.redis.client.xrevrange(
+        live_key(platform.redis, alice.tenant_id), count=20
+    )
+    events = [orjson.loads(f[b"d"]) for _, f in entries if f.get(b"e") == b"command"]
+    expired = {e["command_id"] for e in events if e["status"] == "expired"}
+    assert expired == {pending["command_id"], sent["command_id"]}
+
+
+async def test_a_command_created_while_a_reset_commits_is_ended_or_refused(
+    client: Client, settings: Settings, database: str
+) -> None:
+    """The reset holds the device's row until it commits; a command created meanwhile waits
+    for it and then finds the device gone (no row: 404), so none is left open."""
+    alice = await register(client)
+    device = await claimed_device(client, settings, alice)
+    sql = {**queries("devices", settings.sql_dir), **queries("commands", settings.sql_dir)}
+    url = with_database(SERVICE_URL, database)
+    resetting, creating = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        for conn in (resetting, creating):
+            await init_connection(conn)
+            await conn.execute("BEGIN")
+            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(alice.tenant_id))
+        device_id = uuid.UUID(device.device_id)
+        assert await resetting.fetchval(sql["reset"], device_id, alice.tenant_id)
+        create = asyncio.create_task(
+            creating.fetchrow(sql["create_command"], device_id, "unlock", {}, alice.user_id, 600.0)
+        )
+
+        async def waiting_for_the_reset() -> bool:
+            return bool(
+                await resetting.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND pid = $1",
+                    creating.get_server_pid(),
+                )
+            )
+
+        assert await eventually(waiting_for_the_reset, 10)  # the race is on
+        assert await resetting.fetch(sql["expire_open_commands"], device_id) == []
+        await resetting.execute("COMMIT")
+        assert await create is None  # the device is no longer Alice's
+        await creating.execute("COMMIT")
+    finally:
+        await resetting.close()
+        await creating.close()
+    response = await client.get(
+        f"/api/v1/devices/{device.device_id}/commands", headers=alice.headers
     )
     assert response.status == 404

@@ -1,5 +1,6 @@
 """Each role exports the metrics it keeps: the fleet-wide connected-devices gauge comes from
-the process that runs maintenance, and an API process does not export it at 0."""
+the process that runs maintenance (`maintain`, the single node), and an API process does not
+export it at 0."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import urllib.error
 import urllib.request
 
 from tests.conftest import free_port, make_settings, read_log, start_iotcore
-from tests.support.node import stop, wait_until_ready
+from tests.support.node import single_node, stop, wait_until_ready
 
 GAUGE = re.compile(r"^iotcore_devices_connected ([0-9.e+]+)$", re.M)
 
@@ -55,3 +56,9 @@ def test_maintain_exports_the_connected_devices_gauge(database: str) -> None:
         assert found is not None and float(found[1]) >= 0
     finally:
         stop(process)
+
+
+def test_the_single_node_exports_the_connected_devices_gauge(database: str) -> None:
+    with single_node(database) as node:
+        metrics = scrape(node.internal, node.process, "iotcore_devices_connected")
+        assert GAUGE.search(metrics) is not None
