@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
@@ -107,22 +109,18 @@ COMMAND_REPLIES_REJECTED = Counter(
     "Command replies refused (recorded in ingest_rejects) by reason",
     ["reason"],
 )
-_devices_connected: list[Gauge] = []
 
 
+@functools.cache
 def devices_connected() -> Gauge:
     """The fleet-wide count of connected devices, registered by the first process that sets
     it (maintenance, in `maintain` or the single node) and exported by that process only: an
     API or ingest process exporting it at 0 would read as "no device connected" in any
     panel or sum that is not a max()."""
-    if not _devices_connected:
-        _devices_connected.append(
-            Gauge(
-                "iotcore_devices_connected",
-                "Devices connected to a broker, all tenants (set by maintenance from the database)",
-            )
-        )
-    return _devices_connected[0]
+    return Gauge(
+        "iotcore_devices_connected",
+        "Devices connected to a broker, all tenants (set by maintenance from the database)",
+    )
 
 
 PRESENCE_EVENTS = Counter(
